@@ -1,0 +1,36 @@
+"""The fast AR ("audio decoder"): predicts codebooks 1 … K−1 of a frame from the slow hidden state (spec §3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock
+
+# The official fast AR computes attention by hand in the activation dtype over its 10-slot cache.
+FAST_ATTENTION = AttentionMode(filled_only=True, native_gqa=False, manual=True)
+
+
+class FastTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config.fast
+        self.embeddings = nn.Embedding(config.codebook_size, c.dim)  # one table shared by all codebooks
+        self.layers = nn.ModuleList(TransformerBlock(c, config.norm_eps) for _ in range(c.n_layer))
+        self.norm = RMSNorm(c.dim, config.norm_eps)
+        self.output = nn.Linear(c.dim, config.codebook_size, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, position: int, caches: list[KVCache], rope: torch.Tensor, with_logits: bool = True
+    ) -> torch.Tensor | None:
+        """x [B, 1, dim] at fast position `position` (0 … K−1) → logits [B, 1, codebook_size].
+
+        Position 0 (the slow hidden state) only fills the cache; its logits are unused at inference.
+        """
+        table = rope[position : position + 1]
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, table, cache, position, FAST_ATTENTION)
+        if not with_logits:
+            return None
+        return self.output(self.norm(x))

@@ -1,0 +1,184 @@
+"""Building blocks of the dual-AR transformers (spec §2.3-§2.5, §3.1, §8).
+
+Numerics mirror the official model where it matters: the custom RMSNorm rounds back to the activation dtype
+before the weight multiply, QK-norm uses PyTorch's built-in rms_norm, RoPE rotates interleaved pairs with
+cos/sin tables rounded to bfloat16.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import TransformerConfig
+
+
+class RMSNorm(nn.Module):
+    """y = (x32 · rsqrt(mean(x32²) + eps)).to(x.dtype) · weight  (rounding happens before the weight)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
+    """cos/sin for `positions` [T] → [T, head_dim/2, 2], rounded to bf16 like the official table.
+
+    Each entry depends only on its own position, so building rows on demand equals slicing the official
+    32768-row table.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float() / head_dim))
+    angles = torch.outer(positions.float(), inv_freq)
+    unit = torch.polar(torch.ones_like(angles), angles)
+    return torch.stack([unit.real, unit.imag], dim=-1).to(torch.bfloat16)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (2i, 2i+1) of x [B, T, H, D] by table [T, D/2, 2]; computed in fp32."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    cos_sin = table.float().view(1, x.shape[1], 1, pairs.shape[-2], 2)
+    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
+    a, b = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    return rotated.flatten(3).type_as(x)
+
+
+@dataclass
+class AttentionMode:
+    """How attention reads the cache. The defaults are the fast path; `official()` is the official formulation
+    (whole preallocated cache under a mask, GQA by repeat_interleave), kept as a switchable baseline for bench/."""
+
+    filled_only: bool = True
+    native_gqa: bool = True
+    manual: bool = False  # the official fast AR's hand-written attention, in the activation dtype
+
+    @classmethod
+    def official(cls) -> "AttentionMode":
+        return cls(filled_only=False, native_gqa=False)
+
+
+class KVCache(nn.Module):
+    """Keys/values of one layer: [B, n_local_heads, capacity, head_dim]; positions are written in place."""
+
+    def __init__(self, batch: int, n_heads: int, capacity: int, head_dim: int, dtype: torch.dtype, device):
+        super().__init__()
+        shape = (batch, n_heads, capacity, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def capacity(self) -> int:
+        return self.k.shape[2]
+
+    def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, H, T, D] for positions start … start+T-1."""
+        self.k[:, :, start : start + k.shape[2]] = k
+        self.v[:, :, start : start + v.shape[2]] = v
+
+
+class Attention(nn.Module):
+    """Fused-QKV grouped-query attention with optional per-head QK-norm and interleaved RoPE."""
+
+    def __init__(self, config: TransformerConfig, eps: float):
+        super().__init__()
+        self.config = config
+        self.wqkv = nn.Linear(config.dim, config.q_size + 2 * config.kv_size, bias=False)
+        self.wo = nn.Linear(config.q_size, config.dim, bias=False)
+        if config.qk_norm:
+            self.q_norm = nn.RMSNorm(config.head_dim, eps=eps)
+            self.k_norm = nn.RMSNorm(config.head_dim, eps=eps)
+        self.eps = eps
+
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, dim] → q [B, H, T, D], k, v [B, Hkv, T, D] (k after QK-norm and RoPE)."""
+        c = self.config
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = q.view(B, T, c.n_head, c.head_dim)
+        k = k.view(B, T, c.n_local_heads, c.head_dim)
+        v = v.view(B, T, c.n_local_heads, c.head_dim)
+        if c.qk_norm:
+            q = F.rms_norm(q, (c.head_dim,), self.q_norm.weight, self.eps)
+            k = F.rms_norm(k, (c.head_dim,), self.k_norm.weight, self.eps)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache, start: int, mode: AttentionMode
+    ) -> torch.Tensor:
+        """x [B, T, dim] at positions start … start+T-1 → [B, T, dim]."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, rope)
+        cache.write(start, k, v)
+        end = start + T
+        kv_len = end if mode.filled_only else cache.capacity
+        keys, values = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
+        causal = mode.filled_only and start == 0 and T > 1
+        mask = None if causal or (mode.filled_only and T == 1) else causal_mask(start, T, kv_len, x.device)
+        if not mode.native_gqa or mode.manual:
+            group = self.config.n_head // self.config.n_local_heads
+            keys = keys.repeat_interleave(group, dim=1)
+            values = values.repeat_interleave(group, dim=1)
+        if mode.manual:
+            out = manual_attention(q, keys, values, mask if mask is not None else causal_mask(start, T, kv_len, x.device))
+        else:
+            out = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=keys.shape[1] != q.shape[1]
+            )
+        return self.wo(out.transpose(1, 2).reshape(B, T, self.config.q_size))
+
+
+def manual_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ · 1/√D + bias) v with every product in the activation dtype (official fast-AR numerics)."""
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores + bias, dim=-1) @ v
+
+
+def causal_mask(start: int, length: int, kv_len: int, device) -> torch.Tensor:
+    """Boolean [1, 1, length, kv_len]: query at position start+i sees keys 0 … start+i."""
+    queries = torch.arange(start, start + length, device=device)[:, None]
+    keys = torch.arange(kv_len, device=device)[None, :]
+    return (keys <= queries)[None, None]
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) ⊙ w3 x); w1 and w3 are separate GEMMs as in the checkpoint."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.w1 = nn.Linear(config.dim, config.intermediate_size, bias=False)
+        self.w3 = nn.Linear(config.dim, config.intermediate_size, bias=False)
+        self.w2 = nn.Linear(config.intermediate_size, config.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: h = x + attn(norm(x)); out = h + ffn(norm(h))."""
+
+    def __init__(self, config: TransformerConfig, eps: float):
+        super().__init__()
+        self.attention = Attention(config, eps)
+        self.feed_forward = FeedForward(config)
+        self.attention_norm = RMSNorm(config.dim, eps)
+        self.ffn_norm = RMSNorm(config.dim, eps)
+
+    def forward(self, x, rope, cache: KVCache, start: int, mode: AttentionMode) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache, start, mode)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+def frame_scale(num_codebooks: int) -> float:
+    """Frame embeddings are divided by √(num_codebooks + 1) (spec §2.2)."""
+    return math.sqrt(num_codebooks + 1)

@@ -1,0 +1,59 @@
+"""The slow AR: a Qwen3-shaped decoder over text tokens and audio frames (spec §2)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, frame_scale
+
+
+class SlowTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = config.slow
+        self.config = config
+        self.embeddings = nn.Embedding(config.vocab_size, c.dim)
+        # Codebook i uses rows i·codebook_size … (i+1)·codebook_size − 1.
+        self.codebook_embeddings = nn.Embedding(config.codebook_size * config.num_codebooks, c.dim)
+        self.layers = nn.ModuleList(TransformerBlock(c, config.norm_eps) for _ in range(c.n_layer))
+        self.norm = RMSNorm(c.dim, config.norm_eps)
+        if not config.tie_word_embeddings:
+            self.output = nn.Linear(c.dim, config.vocab_size, bias=False)
+
+    def embed(self, inp: torch.Tensor) -> torch.Tensor:
+        """inp [B, K+1, T] → [B, T, dim]: token embedding, plus the summed codebook embeddings / √(K+1) at
+        semantic positions."""
+        cfg = self.config
+        tokens, codes = inp[:, 0], inp[:, 1:]
+        offsets = torch.arange(cfg.num_codebooks, device=inp.device)[None, :, None] * cfg.codebook_size
+        vq_sum = self.codebook_embeddings(codes + offsets).sum(dim=1)  # [B, K, T, dim] → [B, T, dim]
+        is_semantic = ((tokens >= cfg.semantic_begin_id) & (tokens <= cfg.semantic_end_id))[..., None]
+        x = self.embeddings(tokens) + vq_sum * is_semantic
+        return torch.where(is_semantic, x / frame_scale(cfg.num_codebooks), x)
+
+    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norm and output projection → (logits [B, T, vocab], hidden handed to the fast AR [B, T, dim])."""
+        hidden = self.norm(x)
+        weight = self.embeddings.weight if self.config.tie_word_embeddings else self.output.weight
+        return F.linear(hidden, weight), hidden
+
+    def forward(
+        self,
+        inp: torch.Tensor,
+        start: int,
+        caches: list[KVCache],
+        rope: torch.Tensor,
+        mode: AttentionMode,
+        last_only: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """inp [B, K+1, T] at positions start … start+T−1 → (logits, hidden), of the last position only
+        unless `last_only` is False."""
+        x = self.embed(inp)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, rope, cache, start, mode)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)
