@@ -134,3 +134,136 @@ def generate_frames(
         finished |= frame[:, 0] == eos_id
         if bool(finished.all()):
             return
+
+
+@dataclass
+class Segment:
+    """The audio generated for one batch of turns (one assistant message)."""
+
+    text: str  # the batch text as prompted, speaker tags included
+    turn_indices: list[int]  # which input turns this batch holds
+    codes: torch.Tensor  # [K, n] int64 on the CPU
+    hit_frame_limit: bool  # max_frames ran out before <|im_end|>
+
+    @property
+    def num_frames(self) -> int:
+        return self.codes.shape[1]
+
+
+@dataclass
+class FrameEvent:
+    """One new frame of take `take` in segment `segment`: codes [K] on the CPU."""
+
+    take: int
+    segment: int
+    codes: torch.Tensor
+
+
+@dataclass
+class SegmentEvent:
+    """Segment `segment` of take `take` is finished."""
+
+    take: int
+    segment: int
+    result: Segment
+
+
+@dataclass
+class Generation:
+    """Everything generated for one take."""
+
+    segments: list[Segment] = field(default_factory=list)
+    seed: int | None = None
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """All segments' codes, concatenated in time: [K, n]."""
+        return torch.cat([s.codes for s in self.segments], dim=1)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(s.num_frames for s in self.segments)
+
+
+def fit_prompt(
+    builder: PromptBuilder,
+    text: str,
+    references: list[Reference],
+    history: list[Exchange],
+    max_frames: int,
+    max_seq_len: int,
+) -> torch.Tensor:
+    """Build the prompt, dropping the oldest carried exchanges until prompt + max_frames fits the context."""
+    kept = list(history)
+    while True:
+        prompt = builder.build(text, references, kept)
+        if prompt.shape[1] + max_frames <= max_seq_len:
+            if len(kept) < len(history):
+                log.info("context: dropped %d earlier exchange(s) to fit %d positions", len(history) - len(kept), max_seq_len)
+            return prompt
+        if not kept:
+            break
+        kept.pop(0)
+    if prompt.shape[1] >= max_seq_len:
+        raise TextError(
+            f"text: the prompt (reference voices + this turn) takes {prompt.shape[1]} positions but the model's "
+            f"context holds {max_seq_len}; use a shorter reference clip or split the text into speaker turns."
+        )
+    raise ParameterError(
+        f"max_frames={max_frames}: the prompt takes {prompt.shape[1]} of the model's {max_seq_len} positions, so "
+        f"at most {max_seq_len - prompt.shape[1]} frames fit; lower max_frames."
+    )
+
+
+def generate_segments(
+    model: DualAR,
+    builder: PromptBuilder,
+    batches: list[tuple[str, list[int]]],
+    references: list[Reference],
+    params: SamplingParams,
+    max_frames: int,
+    generators: list[torch.Generator],
+    *,
+    keep_last_frame_at_limit: bool = True,
+    mode: AttentionMode | None = None,
+) -> Iterator[FrameEvent | SegmentEvent]:
+    """Generate batch after batch in one growing conversation (spec §5.2c), for one or several takes.
+
+    Each take has its own generator and its own history. Takes whose prompts have the same length run as one
+    batched forward. The official code drops the last frame when `max_frames` runs out; with
+    `keep_last_frame_at_limit` (the default) that real frame is kept.
+    """
+    eos_id = builder.tokenizer.im_end_id
+    takes = len(generators)
+    histories: list[list[Exchange]] = [[] for _ in range(takes)]
+    for index, (text, turn_indices) in enumerate(batches):
+        prompts = [
+            fit_prompt(builder, text, references, histories[t], max_frames, model.config.max_seq_len)
+            for t in range(takes)
+        ]
+        by_length: dict[int, list[int]] = {}
+        for t, prompt in enumerate(prompts):
+            by_length.setdefault(prompt.shape[1], []).append(t)
+        for group in by_length.values():
+            frames: list[list[torch.Tensor]] = [[] for _ in group]
+            stopped = [False] * len(group)
+            batch_prompt = torch.stack([prompts[t] for t in group])
+            for step, frame in enumerate(
+                generate_frames(model, batch_prompt, params, max_frames, [generators[t] for t in group], eos_id, mode)
+            ):
+                frame = frame.cpu()
+                for j, t in enumerate(group):
+                    if stopped[j]:
+                        continue
+                    frames[j].append(frame[j])
+                    if step > 0 and int(frame[j, 0]) == eos_id:
+                        stopped[j] = True
+                    else:
+                        yield FrameEvent(t, index, frame[j, 1:])
+            for j, t in enumerate(group):
+                columns = torch.stack(frames[j], dim=1).long()  # [K+1, n]
+                if stopped[j] or not keep_last_frame_at_limit:
+                    columns = columns[:, :-1]
+                segment = Segment(text, list(turn_indices), columns[1:].contiguous(), hit_frame_limit=not stopped[j])
+                histories[t].append(Exchange(text, segment.codes))
+                yield SegmentEvent(t, index, segment)

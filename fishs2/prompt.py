@@ -46,33 +46,36 @@ def split_turns(text: str) -> list[str]:
     Unlike the official splitter, text before the first tag is kept as a turn of its own instead of dropped.
     """
     pieces = SPEAKER_TAG.split(text)
-    turns = []
-    if pieces[0].strip():
-        turns.append(pieces[0].strip())
-    for tag, body in zip(pieces[1::2], pieces[2::2]):
-        turns.append((tag + body).strip())
+    turns = [pieces[0].strip()] if pieces[0].strip() else []
+    turns += [(tag + body).strip() for tag, body in zip(pieces[1::2], pieces[2::2])]
     return turns
 
 
-def group_batches(text: str, chunk_length: int, max_turns: int = MAX_TURNS_PER_BATCH) -> list[str]:
-    """Group turns into batches (spec §5.2c): text without speaker tags is one batch, never chunked.
+def group_turns(turns: list[str], chunk_length: int, max_turns: int = MAX_TURNS_PER_BATCH) -> list[list[int]]:
+    """Group turn indices into batches (spec §5.2c).
 
     A new batch starts when the current one holds `max_turns` turns or when the next turn would take it past
     `chunk_length` UTF-8 bytes. A single turn longer than `chunk_length` is still one batch of its own.
     """
-    if not _HAS_SPEAKER_TAG.search(text):
-        return [text]
-    batches: list[list[str]] = []
+    batches: list[list[int]] = []
     size = 0
-    for turn in split_turns(text):
+    for index, turn in enumerate(turns):
         n = len(turn.encode("utf-8"))
         if batches and len(batches[-1]) < max_turns and size + n <= chunk_length:
-            batches[-1].append(turn)
+            batches[-1].append(index)
             size += n
         else:
-            batches.append([turn])
+            batches.append([index])
             size = n
-    return ["\n".join(batch) for batch in batches]
+    return batches
+
+
+def group_batches(text: str, chunk_length: int, max_turns: int = MAX_TURNS_PER_BATCH) -> list[str]:
+    """The official batching of raw text: text without speaker tags is one batch and is never chunked."""
+    if not _HAS_SPEAKER_TAG.search(text):
+        return [text]
+    turns = split_turns(text)
+    return ["\n".join(turns[i] for i in batch) for batch in group_turns(turns, chunk_length, max_turns)]
 
 
 def reference_text(references: list[Reference]) -> str:
@@ -90,9 +93,11 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.num_codebooks = num_codebooks
 
-    def text_columns(self, text: str) -> torch.Tensor:
-        """One text part → [K+1, n]: token ids in row 0, zeros below."""
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+    def text_columns(self, text: str, literal: bool = False) -> torch.Tensor:
+        """One text part → [K+1, n]: token ids in row 0, zeros below. `literal` parts (user text) never produce
+        control tokens."""
+        ids = self.tokenizer.encode_literal(text) if literal else self.tokenizer.encode(text)
+        ids = torch.tensor(ids, dtype=torch.long)
         columns = torch.zeros(self.num_codebooks + 1, ids.numel(), dtype=torch.long)
         columns[0] = ids
         return columns
@@ -108,7 +113,7 @@ class PromptBuilder:
         if references:
             parts += [
                 self.text_columns(SYSTEM_REFERENCE),
-                self.text_columns(reference_text(list(references))),
+                self.text_columns(reference_text(list(references)), literal=True),
                 self.text_columns(REFERENCE_SPEECH),
                 self.code_columns(torch.cat([r.codes for r in references], dim=1)),
             ]
@@ -129,4 +134,4 @@ class PromptBuilder:
     def user_message(self, text: str) -> list[torch.Tensor]:
         if not text.strip():
             raise TextError("text: a turn is empty; give every speaker some words to say.")
-        return [self.text_columns(f"{IM_START}user\n"), self.text_columns(text), self.text_columns(f"{IM_END}\n")]
+        return [self.text_columns(f"{IM_START}user\n"), self.text_columns(text, literal=True), self.text_columns(f"{IM_END}\n")]

@@ -16,6 +16,19 @@ VOICE = "<|voice|>"
 _SEMANTIC = re.compile(r"^<\|semantic:(\d+)\|>$")
 
 
+def _split_keep(text: str, token: str) -> list[str]:
+    """Split `text` so that no piece contains `token` whole: "a<|x|>b" → ["a<", "|x|>b"]."""
+    if token not in text:
+        return [text]
+    out = []
+    for i, chunk in enumerate(text.split(token)):
+        if i:
+            out[-1] += token[0]
+            chunk = token[1:] + chunk
+        out.append(chunk)
+    return out
+
+
 class Tokenizer:
     """Encodes prompt parts to ids; knows the special ids the prompt builder and sampler need."""
 
@@ -57,6 +70,15 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of one prompt part; special tokens written in the text become single ids (official behaviour)."""
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_literal(self, text: str) -> list[int]:
+        """Ids of user-written text: special-token strings typed by a user (e.g. `<|im_end|>`) are kept as the
+        literal characters, never turned into control tokens. Each occurrence is split after its first character
+        and the pieces are encoded separately, so the model reads ordinary text."""
+        pieces = [text]
+        for token in self.special_tokens:
+            pieces = [part for piece in pieces for part in _split_keep(piece, token)]
+        return [i for piece in pieces for i in self._tok.encode(piece, add_special_tokens=False).ids]
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)

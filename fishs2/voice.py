@@ -1,0 +1,129 @@
+"""A reference voice: codec codes of a clip + its transcript, stored as plain data (safetensors + json).
+
+A voice file never holds code: the codes are a safetensors tensor, the transcript and metadata live in the
+safetensors header and in a readable json sidecar. Files are written to a temporary name and renamed, so a crash
+never leaves a half-written voice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import AudioError, VoiceError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fishs2-voice/1"
+MIN_SECONDS = 1.0
+LONG_SECONDS = 30.0
+
+
+def check_reference(mono: torch.Tensor, sample_rate: int) -> dict:
+    """Reject reference audio that cannot carry a voice; returns its stats (duration s, peak, rms, clipped).
+
+    Raises AudioError for clips shorter than 1 s, silence, a constant (DC) signal, or a clipped-only signal;
+    warns above 30 s (longer clips cost context and rarely help).
+    """
+    x = mono.float()
+    duration = x.numel() / sample_rate
+    if duration < MIN_SECONDS:
+        raise AudioError(f"reference audio: {duration:.2f} s is too short; give at least {MIN_SECONDS:.0f} s (10–30 s is best).")
+    peak = float(x.abs().max())
+    centered = x - x.mean()
+    rms = float(centered.pow(2).mean().sqrt())
+    clipped = float((x.abs() >= 0.999).float().mean())
+    if peak < 1e-4:
+        raise AudioError("reference audio: is silent; record or pick a clip where the speaker talks.")
+    if rms < 1e-4:
+        raise AudioError("reference audio: is a constant (DC) signal with no sound; pick a clip with speech.")
+    if clipped > 0.5:
+        raise AudioError(
+            f"reference audio: {clipped:.0%} of samples are clipped at full scale; it is distortion, not speech — "
+            "use an unclipped recording."
+        )
+    if duration > LONG_SECONDS:
+        log.warning("reference audio is %.1f s; 10–30 s is recommended, longer clips use more context", duration)
+    return {"duration": duration, "peak": peak, "rms": rms, "clipped": clipped}
+
+
+@dataclass
+class Voice:
+    codes: torch.Tensor  # [num_codebooks, T] int64
+    text: str  # transcript of the reference clip
+    name: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return self.codes.shape[1]
+
+    def check_codes(self, num_codebooks: int, semantic_size: int, residual_size: int) -> None:
+        """Raise VoiceError unless the codes fit a model with these codebook sizes."""
+        label = f"voice {self.name!r}" if self.name else "voice"
+        c = self.codes
+        if c.dtype.is_floating_point or c.dtype == torch.bool or c.dim() != 2:
+            raise VoiceError(f"{label}: codes must be an integer tensor [codebooks, frames], got {c.dtype} {list(c.shape)}.")
+        if c.shape[0] != num_codebooks:
+            raise VoiceError(f"{label}: has {c.shape[0]} codebooks, the model uses {num_codebooks}; re-encode the voice with this model.")
+        if c.shape[1] < 1:
+            raise VoiceError(f"{label}: holds no frames; re-encode it from a longer clip.")
+        if int(c.min()) < 0 or int(c[0].max()) >= semantic_size or (c.shape[0] > 1 and int(c[1:].max()) >= residual_size):
+            raise VoiceError(f"{label}: code values are out of range for this model's codec; re-encode the voice with this model.")
+
+    def save(self, path: str | Path) -> Path:
+        """Write `<path>` (.safetensors) and a `.json` sidecar atomically; returns the safetensors path."""
+        from safetensors.torch import save_file
+
+        path = Path(path).with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"format": FORMAT, "name": self.name, "text": self.text, "metadata": self.metadata,
+                "frames": self.num_frames, "codebooks": int(self.codes.shape[0])}
+        header = {"fishs2": json.dumps(info, ensure_ascii=False)}
+        _atomic_write(path, lambda tmp: save_file({"codes": self.codes.to(torch.int64).contiguous()}, tmp, metadata=header))
+        sidecar = path.with_suffix(".json")
+        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8"))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Voice":
+        """Read a voice saved by `save` (only the safetensors file is needed)."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        if not path.is_file():
+            raise VoiceError(f"{path}: voice file not found.")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                if "codes" not in f.keys():
+                    raise VoiceError(f"{path}: not a fishs2 voice (no 'codes' tensor).")
+                codes = f.get_tensor("codes")
+            info = json.loads(header["fishs2"])
+            if info.get("format") != FORMAT:
+                raise VoiceError(f"{path}: unknown voice format {info.get('format')!r}.")
+        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+            raise VoiceError(f"{path}: not a readable fishs2 voice file ({exc}); save the voice again.") from exc
+        if codes.dtype.is_floating_point or codes.dim() != 2:
+            raise VoiceError(f"{path}: codes must be an integer [codebooks, frames] tensor, got {codes.dtype} {list(codes.shape)}.")
+        return cls(codes=codes.to(torch.int64), text=str(info.get("text", "")), name=str(info.get("name", "")),
+                   metadata=dict(info.get("metadata") or {}))
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
