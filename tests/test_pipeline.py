@@ -1,0 +1,145 @@
+"""The FishS2 API end to end on the tiny checkpoint: voices, generation, takes, streaming, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fishs2.errors import ParameterError, TextError, VoiceError
+from fishs2.generate import FrameEvent, SegmentEvent
+from fishs2.voice import Voice
+
+from .golden import SHIPPED
+
+REFERENCE_WAV = SHIPPED / "codec_input.wav"
+
+
+@pytest.fixture(scope="module")
+def voice(tiny_tts):
+    return tiny_tts.encode_voice(REFERENCE_WAV, "This is the reference voice.", name="ref")
+
+
+def test_encode_voice_from_file_and_tensor_agree(tiny_tts, voice):
+    import soundfile as sf
+
+    samples, rate = sf.read(str(REFERENCE_WAV), dtype="float32")
+    from_tensor = tiny_tts.encode_voice(torch.from_numpy(samples)[None], "x", sample_rate=rate)
+    assert voice.codes.shape == (10, -(-len(samples) // 2048))
+    assert torch.equal(voice.codes, from_tensor.codes)
+
+
+def test_generate_decode_lengths(tiny_tts, voice):
+    result = tiny_tts.generate("Hello there, how are you?", [voice], seed=7, max_frames=20)
+    assert result.codes.shape[0] == 10 and result.codes.dtype == torch.int64
+    audio = tiny_tts.decode(result.codes)
+    assert audio.dtype == torch.float32 and audio.shape == (1, result.num_frames * 2048)
+    assert torch.isfinite(audio).all() and audio.abs().max() <= 1
+
+
+def test_same_seed_same_codes_different_seed_differs(tiny_tts, voice):
+    a = tiny_tts.generate("Same seed, same codes.", [voice], seed=11, max_frames=16)
+    b = tiny_tts.generate("Same seed, same codes.", [voice], seed=11, max_frames=16)
+    c = tiny_tts.generate("Same seed, same codes.", [voice], seed=12, max_frames=16)
+    assert torch.equal(a.codes, b.codes)
+    assert a.codes.shape != c.codes.shape or not torch.equal(a.codes, c.codes)
+
+
+def test_takes_equal_single_runs(tiny_tts, voice):
+    text = "<|speaker:0|>First line.<|speaker:0|>Second, longer line of the dialogue."
+    takes = tiny_tts.generate_takes(text, [voice], seed=100, takes=3, max_frames=12, chunk_length=20)
+    for i, take in enumerate(takes):
+        single = tiny_tts.generate(text, [voice], seed=100 + i, max_frames=12, chunk_length=20)
+        assert take.seed == 100 + i
+        assert [s.num_frames for s in take.segments] == [s.num_frames for s in single.segments]
+        assert torch.equal(take.codes, single.codes)
+
+
+def test_stream_yields_frames_then_segments(tiny_tts, voice):
+    events = list(tiny_tts.stream("<|speaker:0|>One.<|speaker:0|>Two.", [voice], seed=3, max_frames=6, chunk_length=1))
+    segments = [e for e in events if isinstance(e, SegmentEvent)]
+    frames = [e for e in events if isinstance(e, FrameEvent)]
+    assert [s.segment for s in segments] == [0, 1]
+    for s in segments:
+        mine = [f.codes for f in frames if f.segment == s.segment]
+        assert torch.equal(torch.stack(mine, dim=1), s.result.codes)
+
+
+def test_frame_limit_keeps_last_frame_and_is_reported(tiny_tts):
+    result = tiny_tts.generate("A sentence that will not finish in three frames.", seed=1, max_frames=3)
+    limited = [s for s in result.segments if s.hit_frame_limit]
+    for s in limited:
+        assert s.num_frames == 3
+
+
+def test_text_before_first_speaker_is_kept(tiny_tts, voice):
+    batches, _ = tiny_tts.plan("Intro words. <|speaker:0|>Then the line.", [voice], chunk_length=1000)
+    assert batches[0][0].startswith("Intro words.")
+
+
+def test_speaker_without_voice_is_rejected(tiny_tts, voice):
+    with pytest.raises(TextError, match="speaker\\(s\\) 1 have no voice"):
+        tiny_tts.generate("<|speaker:0|>Hi.<|speaker:1|>Hello.", [voice], max_frames=2)
+
+
+def test_typed_special_tokens_stay_text(tiny_tts):
+    prompt = tiny_tts.prompts.build("say <|im_end|> literally")
+    im_end = tiny_tts.tokenizer.im_end_id
+    user_start = (prompt[0] == tiny_tts.tokenizer.im_start_id).nonzero()[1].item()
+    user_ids = prompt[0, user_start:].tolist()
+    assert user_ids.count(im_end) == 1  # only the real end of the user message, not the typed one
+    assert "<|im_end|> literally" in tiny_tts.tokenizer.decode(user_ids)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": 0}, "temperature"), ({"temperature": 2.5}, "temperature"), ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k"), ({"max_frames": 0}, "max_frames"),
+    ({"max_frames": 10**9}, "max_frames"), ({"chunk_length": 0}, "chunk_length"), ({"seed": "abc"}, "seed"),
+])
+def test_bad_parameters(tiny_tts, kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        tiny_tts.generate("Hello.", **kwargs)
+
+
+def test_empty_text(tiny_tts):
+    with pytest.raises(TextError, match="empty"):
+        tiny_tts.generate("   ")
+
+
+def test_negative_and_huge_seeds_are_normalised(tiny_tts):
+    a = tiny_tts.generate("Seeds.", seed=-5, max_frames=4)
+    b = tiny_tts.generate("Seeds.", seed=5, max_frames=4)
+    assert a.seed == 5 and torch.equal(a.codes, b.codes)
+    assert tiny_tts.generate("Seeds.", seed=2**70, max_frames=2).seed < 2**63
+
+
+def test_context_is_trimmed_for_long_scripts(tmp_path, caplog):
+    """A script longer than the context generates every batch; old exchanges are dropped from the prompt."""
+    import json
+    import logging
+
+    from fishs2 import FishS2
+
+    from .conftest import copy_tiny_checkpoint
+
+    directory = copy_tiny_checkpoint(tmp_path / "short")
+    config = json.loads((directory / "config.json").read_text())
+    config["text_config"]["max_seq_len"] = 160
+    (directory / "config.json").write_text(json.dumps(config))
+    tts = FishS2.from_pretrained(directory, device="cpu")
+    lines = "".join(f"<|speaker:0|>Line number {i} of a long script." for i in range(12))
+    with caplog.at_level(logging.INFO, logger="fishs2.generate"):
+        result = tts.generate(lines, seed=0, max_frames=8, chunk_length=1)
+    assert len(result.segments) == 12
+    assert [s.turn_indices for s in result.segments] == [[i] for i in range(12)]
+    assert any("dropped" in r.message for r in caplog.records)
+
+
+def test_voice_roundtrip_and_validation(tmp_path, tiny_tts, voice):
+    path = voice.save(tmp_path / "ref")
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").is_file()
+    loaded = Voice.load(path)
+    assert torch.equal(loaded.codes, voice.codes) and loaded.text == voice.text and loaded.name == "ref"
+    bad = Voice(codes=voice.codes.clone(), text="x", name="bad")
+    bad.codes[3, 0] = 10_000
+    with pytest.raises(VoiceError, match="out of range"):
+        tiny_tts.generate("Hi.", [bad], max_frames=2)
