@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ import torchaudio
 from .errors import AudioError
 
 CODEC_SAMPLE_RATE = 44100
+MIN_RATE, LOW_RATE, MAX_RATE = 4000, 16000, 768000
+
+log = logging.getLogger(__name__)
 
 # Containers libsndfile cannot read; they need ffmpeg.
 _FFMPEG_ONLY = {".m4a", ".mp4", ".aac", ".opus", ".webm", ".wma", ".mkv", ".mov", ".amr", ".ac3"}
@@ -30,14 +35,44 @@ def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioError(f"audio file not found: {path}")
+        raise AudioError(f"audio file not found: {path}; check the path (a folder or a missing file was given)")
     try:
         data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # [L, C]
     except (RuntimeError, TypeError, ValueError) as e:  # LibsndfileError is a RuntimeError
         data, sample_rate = _read_with_ffmpeg(path, e)
+    else:
+        _check_wav_complete(path)
     if data.size == 0:
-        raise AudioError(f"audio file {path} holds no samples")
+        raise AudioError(f"audio file {path} holds no samples; export the recording again")
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
+
+
+def _check_wav_complete(path: Path) -> None:
+    """AudioError if a RIFF/WAVE file's data chunk announces more bytes than the file holds (a cut-off copy or
+    download): libsndfile would silently return the part that is there, and the transcript would no longer match."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return
+            size = path.stat().st_size
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return
+                chunk_id, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if chunk_id == b"data":
+                    # 0 and 0xFFFFFFFF mark streams written without knowing their length; trust the file then.
+                    if length not in (0, 0xFFFFFFFF) and f.tell() + length > size:
+                        have = max(0, size - f.tell())
+                        raise AudioError(
+                            f"audio file {path} is truncated: its header announces {length} bytes of samples but "
+                            f"only {have} are there ({have / length:.0%}); copy or export the file again"
+                        )
+                    return
+                f.seek(length + (length & 1), 1)
+    except OSError:
+        return
 
 
 def _read_with_ffmpeg(path: Path, soundfile_error: Exception) -> tuple[np.ndarray, int]:
@@ -84,17 +119,27 @@ def prepare_reference(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> 
     if x.dim() == 1:
         x = x[None]
     if x.dim() != 2:
-        raise AudioError(f"reference audio: expected [L], [C, L] or [1, C, L], got {list(x.shape)}")
+        raise AudioError(f"reference audio: expected [L], [C, L] or [1, C, L], got {list(x.shape)}; pass one clip")
     if x.numel() == 0:
-        raise AudioError(f"reference audio: is empty {list(x.shape)}")
+        raise AudioError(f"reference audio: is empty {list(x.shape)}; pass a clip of 10–30 s of speech")
     if x.shape[0] > x.shape[1]:
         raise AudioError(
             f"reference audio: shape {list(x.shape)} has more channels than samples; "
             "pass channels first ([C, L]), e.g. transpose soundfile's [L, C] output"
         )
     if not bool(torch.isfinite(x).all()):
-        raise AudioError("reference audio: contains NaN or infinite samples")
+        raise AudioError(
+            "reference audio: contains NaN or infinite samples; the clip is damaged — export or record it again"
+        )
     rate = _check_rate(sample_rate)
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError(
+            f"sample_rate={rate}: not a rate audio is recorded at ({MIN_RATE} … {MAX_RATE} Hz); pass the clip's real "
+            "sample rate"
+        )
+    if rate < LOW_RATE:
+        log.warning("reference audio is sampled at %d Hz (telephone quality); cloning works better from 22 kHz or "
+                    "more", rate)
     mono = x.mean(dim=0)  # [L]
     if rate != CODEC_SAMPLE_RATE:
         mono = torchaudio.functional.resample(mono, orig_freq=rate, new_freq=CODEC_SAMPLE_RATE)
@@ -110,10 +155,13 @@ def _to_float_tensor(waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
             scale = float(2 ** (8 * waveform.dtype.itemsize - 1))
             return torch.from_numpy(waveform.astype(np.float64) / scale).float()
         if waveform.dtype.kind != "f":
-            raise AudioError(f"reference audio: unsupported sample dtype {waveform.dtype}")
+            raise AudioError(f"reference audio: unsupported sample dtype {waveform.dtype}; pass float or integer PCM samples")
         return torch.from_numpy(np.ascontiguousarray(waveform)).float()
     if not isinstance(waveform, torch.Tensor):
-        raise AudioError(f"reference audio: expected a numpy array or torch tensor, got {type(waveform).__name__}")
+        raise AudioError(
+            f"reference audio: expected a numpy array or torch tensor, got {type(waveform).__name__}; "
+            "pass samples as an array (or a file path to encode_voice)"
+        )
     waveform = waveform.detach().cpu()
     if waveform.dtype == torch.uint8:
         return (waveform.float() - 128.0) / 128.0
@@ -121,15 +169,15 @@ def _to_float_tensor(waveform: torch.Tensor | np.ndarray) -> torch.Tensor:
         scale = float(2 ** (8 * waveform.element_size() - 1))
         return (waveform.double() / scale).float()
     if not waveform.is_floating_point():
-        raise AudioError(f"reference audio: unsupported sample dtype {waveform.dtype}")
+        raise AudioError(f"reference audio: unsupported sample dtype {waveform.dtype}; pass float or integer PCM samples")
     return waveform.float()
 
 
 def _check_rate(sample_rate: int | float) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
-        raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    if sample_rate <= 0 or int(sample_rate) != sample_rate:
-        raise AudioError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        raise AudioError(f"sample_rate must be a positive integer (Hz, e.g. 44100), got {sample_rate!r}")
+    if not np.isfinite(sample_rate) or sample_rate <= 0 or int(sample_rate) != sample_rate:
+        raise AudioError(f"sample_rate must be a positive integer (Hz, e.g. 44100), got {sample_rate!r}")
     return int(sample_rate)
 
 

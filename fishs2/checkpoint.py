@@ -17,6 +17,7 @@ from .errors import CheckpointError
 from .model import DualAR
 
 INDEX_FILE = "model.safetensors.index.json"
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names of weights we can cast to the model dtype
 SINGLE_FILE = "model.safetensors"
 
 
@@ -69,6 +70,7 @@ def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: tor
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     mismatched: list[str] = []
+    not_float: list[str] = []
     for path in shard_files(directory):
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -79,6 +81,9 @@ def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: tor
                         continue
                     tensor = f.get_slice(key)
                     shape = tuple(tensor.get_shape())
+                    if tensor.get_dtype() not in FLOAT_DTYPES:
+                        not_float.append(f"{key} ({tensor.get_dtype()})")
+                        continue
                     if shape != expected[name]:
                         mismatched.append(f"{key} {list(shape)} (expected {list(expected[name])})")
                         continue
@@ -88,6 +93,11 @@ def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: tor
                 f"{path}: cannot read safetensors file ({exc}); it is truncated or corrupt — download it again."
             ) from exc
     missing = [name for name in expected if name not in state]
+    if not_float:
+        raise CheckpointError(
+            f"{directory}: tensors that are not floating point: {_describe(not_float)}. fishs2 loads the official "
+            "bf16 weights (quantized or converted checkpoints are not supported); download the original model."
+        )
     problems = []
     if mismatched:
         problems.append("tensors with the wrong shape: " + _describe(mismatched))
@@ -98,7 +108,7 @@ def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: tor
     if problems:
         raise CheckpointError(
             f"{directory}: the weights do not match config.json — " + "; ".join(problems)
-            + ". Is this shard from another model?"
+            + ". Is this shard from another model? Download the checkpoint again into an empty folder."
         )
     model.load_state_dict(state, strict=True, assign=True)
 

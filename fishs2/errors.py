@@ -27,3 +27,7 @@ class ParameterError(FishS2Error, ValueError):
 
 class VoiceError(FishS2Error, ValueError):
     """A saved voice is missing, corrupt, or does not fit the loaded model."""
+
+
+class OutOfMemoryError(FishS2Error, MemoryError):
+    """The device ran out of memory; the message names the setting to lower. Caches were freed before raising."""

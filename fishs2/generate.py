@@ -1,13 +1,16 @@
-"""Generation (spec §6): prefill, decode_one, the frame loop, and long-form generation over batches of turns.
+"""Generation (spec §6): prefill, the per-frame decode step, the frame loop, and long-form generation over batches
+of turns.
 
 One frame = one slow-AR step (the semantic token or `<|im_end|>`) + nine fast-AR steps (residual codebooks).
-KV caches are sized to the request (prompt + max frames) and attention reads only filled positions.
+KV caches are sized to the request (prompt + max frames) and attention reads only filled positions. Long prompts
+are prefilled in chunks; sequences of different prompt lengths share one batch, left-padded; the host checks for
+the stop every few frames; on CUDA the decode step can run as one captured graph (`FrameDecoder`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -16,9 +19,11 @@ from .errors import ParameterError, TextError
 from .model import AttentionMode, DualAR
 from .model.layers import KVCache, rope_table
 from .prompt import Exchange, PromptBuilder, Reference
-from .sampling import RAS_TEMPERATURE, RAS_TOP_P, RAS_WINDOW, SamplingParams, sample
+from .sampling import RAS_WINDOW, DeviceSampling, SamplingParams, sample
 
 log = logging.getLogger(__name__)
+
+PREFILL_CHUNK = 2048  # prompt positions per prefill forward: bounds activation memory for long prompts
 
 
 @dataclass
@@ -31,18 +36,43 @@ class DecodeState:
     fast_rope: torch.Tensor  # [num_codebooks, head_dim/2, 2]
     allowed_bias: torch.Tensor  # [vocab]: 0 for semantic ids and <|im_end|>, -inf elsewhere
     mode: AttentionMode
-    position: int = 0
+    position: int = 0  # next cache slot
+    pad: torch.Tensor | None = None  # [B] left-padding slots per sequence (prompts of different lengths)
+    padding: torch.Tensor | None = None  # [B, 1, 1, capacity]: True at padding slots
+
+    @property
+    def capacity(self) -> int:
+        return self.slow_caches[0].capacity
+
+    def rope(self, slots: torch.Tensor) -> torch.Tensor:
+        """RoPE rows of cache slots [T] → [T, D/2, 2], or [B, T, D/2, 2] when sequences are padded (a sequence's
+        position is its slot minus its padding)."""
+        if self.pad is None:
+            return self.slow_rope[slots]
+        return self.slow_rope[(slots[None] - self.pad[:, None]).clamp(min=0)]
 
 
-def new_state(model: DualAR, batch: int, capacity: int, eos_id: int, mode: AttentionMode | None = None) -> DecodeState:
+def new_state(
+    model: DualAR,
+    batch: int,
+    capacity: int,
+    eos_id: int,
+    mode: AttentionMode | None = None,
+    pad: torch.Tensor | None = None,
+) -> DecodeState:
+    """Fresh caches for `batch` sequences of `capacity` slots; `pad` [B]: left-padding slots of each sequence."""
     cfg = model.config
     mode = mode or AttentionMode()
-    if not mode.filled_only:
+    if mode.full_context:
         capacity = cfg.max_seq_len  # the official formulation preallocates the whole context
     device = model.device
     bias = torch.full((cfg.vocab_size,), float("-inf"), dtype=model.dtype, device=device)
     bias[cfg.semantic_begin_id : cfg.semantic_end_id + 1] = 0
     bias[eos_id] = 0
+    padding = None
+    if pad is not None:
+        pad = pad.to(device)
+        padding = (torch.arange(capacity, device=device) < pad[:, None])[:, None, None]
     return DecodeState(
         slow_caches=model.slow_caches(batch, capacity),
         fast_caches=model.fast_caches(batch),
@@ -50,20 +80,37 @@ def new_state(model: DualAR, batch: int, capacity: int, eos_id: int, mode: Atten
         fast_rope=rope_table(torch.arange(cfg.num_codebooks, device=device), cfg.fast.head_dim, cfg.rope_base),
         allowed_bias=bias,
         mode=mode,
+        pad=pad,
+        padding=padding,
     )
+
+
+def check_capacity(state: DecodeState, needed: int) -> None:
+    if needed > state.capacity:
+        raise ParameterError(
+            f"max_frames: the request needs {needed} positions but the cache holds {state.capacity}; "
+            "lower max_frames or shorten the text."
+        )
 
 
 def slow_step(model: DualAR, inp: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
     """inp [B, K+1, T] at the next T positions → (logits [B, vocab], hidden [B, dim]) of the last position."""
     start, T = state.position, inp.shape[-1]
-    if start + T > state.slow_caches[0].capacity:
-        raise ParameterError(
-            f"max_frames: the request needs {start + T} positions but the cache holds "
-            f"{state.slow_caches[0].capacity}; lower max_frames or shorten the text."
-        )
-    logits, hidden = model.slow(inp, start, state.slow_caches, state.slow_rope[start : start + T], state.mode)
+    check_capacity(state, start + T)
+    rope = state.rope(torch.arange(start, start + T, device=state.slow_rope.device))
+    logits, hidden = model.slow(inp, start, state.slow_caches, rope, state.mode, padding=state.padding)
     state.position = start + T
     return logits[:, -1], hidden[:, -1]
+
+
+def prefill(
+    model: DualAR, prompt: torch.Tensor, state: DecodeState, chunk: int = PREFILL_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt [B, K+1, T] through the slow AR, `chunk` positions per forward → (logits, hidden) of its last
+    position. Each chunk attends to the cached earlier ones, so the result equals one forward up to rounding."""
+    for start in range(0, prompt.shape[-1], chunk):
+        logits, hidden = slow_step(model, prompt[..., start : start + chunk], state)
+    return logits, hidden
 
 
 def sample_frame(
@@ -71,7 +118,7 @@ def sample_frame(
     logits: torch.Tensor,
     hidden: torch.Tensor,
     state: DecodeState,
-    params: SamplingParams,
+    params: SamplingParams | DeviceSampling,
     generators: list[torch.Generator],
     window: torch.Tensor | None,
 ) -> torch.Tensor:
@@ -80,9 +127,11 @@ def sample_frame(
     RNG order per frame, per sequence: main token, RAS alternative, then codebooks 1 … K−1.
     """
     cfg = model.config
+    if isinstance(params, SamplingParams):
+        params = DeviceSampling.of(params, logits.dtype, logits.device)
     biased = logits + state.allowed_bias
     main = sample(biased, params.temperature, params.top_p, params.top_k, generators)
-    alternative = sample(biased, RAS_TEMPERATURE, RAS_TOP_P, params.top_k, generators)
+    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators)
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)
@@ -99,41 +148,166 @@ def sample_frame(
     return torch.stack([main, *codes], dim=1)
 
 
+class FrameDecoder:
+    """The decode loop's step: the previous frame through the slow AR, then `sample_frame`, with the previous frame
+    and the RAS window (main tokens of the last decode frames) kept in buffers that each call updates in place.
+
+    With `static=True` the position is a device tensor too and attention reads the whole request-sized cache under
+    a mask (`AttentionMode.static()`), so one call launches the same kernels on the same addresses every frame and
+    `capture()` can record it as one CUDA graph that each later call replays. Without capture the same code runs
+    eagerly (how the tests exercise it on the CPU).
+    """
+
+    def __init__(
+        self,
+        model: DualAR,
+        state: DecodeState,
+        params: DeviceSampling,
+        generators: list[torch.Generator],
+        first_frame: torch.Tensor,
+        static: bool = False,
+    ):
+        self.model, self.state, self.params, self.generators, self.static = model, state, params, generators, static
+        self.frame = first_frame.clone()  # [B, K+1]: the previous frame before a call, the new one after
+        self.window = torch.zeros(first_frame.shape[0], RAS_WINDOW, dtype=first_frame.dtype, device=first_frame.device)
+        self.position = torch.tensor(state.position, device=first_frame.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def run(self) -> None:
+        state = self.state
+        if self.static:
+            position = self.position.view(1)
+            logits, hidden = self.model.slow(self.frame[:, :, None], position, state.slow_caches, state.rope(position),
+                                             AttentionMode.static(), padding=state.padding)
+            logits, hidden = logits[:, -1], hidden[:, -1]
+            self.position += 1
+        else:
+            logits, hidden = slow_step(self.model, self.frame[:, :, None], state)
+        frame = sample_frame(self.model, logits, hidden, state, self.params, self.generators, self.window)
+        self.window.copy_(torch.cat([self.window[:, 1:], frame[:, :1]], dim=1))
+        self.frame.copy_(frame)
+
+    def __call__(self) -> torch.Tensor:
+        """Decode one frame → the frame buffer [B, K+1] (overwritten by the next call)."""
+        if self.static:
+            check_capacity(self.state, self.state.position + 1)
+            self.state.position += 1
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.run()
+        return self.frame
+
+    def capture(self) -> None:
+        """Record `run()` as a CUDA graph (after a warm-up run on a side stream). Buffers, position and generator
+        states are restored afterwards, so capturing consumes no frame and no random numbers."""
+        if not self.static or self.frame.device.type != "cuda":
+            raise ValueError("CUDA graphs need a static FrameDecoder on a CUDA device.")
+        buffers = (self.frame, self.window, self.position)
+        saved = [b.clone() for b in buffers]
+        rng = [g.get_state() for g in self.generators]
+
+        def restore():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+            for g, value in zip(self.generators, rng):
+                g.set_state(value)
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self.run()
+            restore()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            graph.register_generator_state(g)
+        with torch.cuda.graph(graph):
+            self.run()
+        restore()
+        self.graph = graph
+
+
+def left_pad(prompt: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A prompt [K+1, T] / [B, K+1, T], or a list of [K+1, T_b] → ([B, K+1, max T], padding slots [B] or None)."""
+    if isinstance(prompt, torch.Tensor):
+        return (prompt[None] if prompt.dim() == 2 else prompt), None
+    length = max(p.shape[-1] for p in prompt)
+    pad = torch.tensor([length - p.shape[-1] for p in prompt])
+    if not pad.any():
+        return torch.stack(prompt), None
+    batch = prompt[0].new_zeros(len(prompt), prompt[0].shape[0], length)
+    for row, (p, n) in enumerate(zip(prompt, pad.tolist())):
+        batch[row, :, n:] = p
+    return batch, pad
+
+
 @torch.inference_mode()
 def generate_frames(
     model: DualAR,
-    prompt: torch.Tensor,
+    prompt: torch.Tensor | list[torch.Tensor],
     params: SamplingParams,
     max_frames: int,
     generators: list[torch.Generator],
     eos_id: int,
     mode: AttentionMode | None = None,
+    *,
+    check_every: int | None = None,
+    prefill_chunk: int = PREFILL_CHUNK,
+    static: bool = False,
+    cuda_graph: bool = False,
 ) -> Iterator[torch.Tensor]:
-    """Yield frame columns [B, K+1] (on the model device) until every sequence emitted `<|im_end|>` or
-    `max_frames` frames were produced. prompt: [B, K+1, T] (or [K+1, T]), equal length for all sequences.
+    """Yield frame columns [B, K+1] (int64, on the CPU) until every sequence emitted `<|im_end|>` or `max_frames`
+    frames were produced. prompt: [B, K+1, T] (or [K+1, T]), or a list of [K+1, T_b] prompts of any lengths,
+    which are left-padded into one batch (each sequence keeps its own positions; padding is masked out).
 
     As in the official loop, the first (prefill) token is not checked for the stop and the RAS window only
     holds frames of the decode loop.
+
+    The host reads the frames every `check_every` frames (default: 1 on the CPU, 8 on other devices), so an
+    accelerator runs ahead with one host sync per block instead of one per frame. Frames computed after every
+    sequence stopped are dropped, and each sequence's generator is rewound to its state right after its stop frame:
+    the random stream — and so whatever is generated later with the same generators — does not depend on
+    `check_every` or on which sequences share the batch.
+
+    `static` decodes with fixed shapes (`FrameDecoder(static=True)`); `cuda_graph` (CUDA only, implies `static`)
+    captures that step as one CUDA graph and replays it per frame.
     """
-    if prompt.dim() == 2:
-        prompt = prompt[None]
+    prompt, pad = left_pad(prompt)
     batch, _, length = prompt.shape
     if len(generators) != batch:
         raise ValueError(f"generators: {len(generators)} given for a batch of {batch}")
-    state = new_state(model, batch, length + max_frames, eos_id, mode)
-    logits, hidden = slow_step(model, prompt.to(model.device), state)
-    frame = sample_frame(model, logits, hidden, state, params, generators, window=None)
-    yield frame
-    window = torch.zeros(batch, RAS_WINDOW, dtype=frame.dtype, device=frame.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=frame.device)
-    for _ in range(1, max_frames):
-        logits, hidden = slow_step(model, frame[:, :, None], state)
-        frame = sample_frame(model, logits, hidden, state, params, generators, window)
-        window = torch.cat([window[:, 1:], frame[:, :1]], dim=1)
-        yield frame
-        finished |= frame[:, 0] == eos_id
-        if bool(finished.all()):
-            return
+    device = model.device
+    if check_every is None:
+        check_every = 1 if device.type == "cpu" else 8
+    state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
+    sampling = DeviceSampling.of(params, model.dtype, device)
+    logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
+    frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
+    yield frame.cpu()
+    decoder = FrameDecoder(model, state, sampling, generators, frame, static=static or cuda_graph)
+    if cuda_graph:
+        decoder.capture()
+    finished = torch.zeros(batch, dtype=torch.bool)
+    stop_states: list[torch.Tensor | None] = [None] * batch
+    produced = 1
+    while produced < max_frames and not finished.all():
+        block, rng_states = [], []
+        for _ in range(min(check_every, max_frames - produced)):
+            block.append(decoder().clone())
+            rng_states.append([g.get_state() for g in generators])
+        produced += len(block)
+        for frame, states in zip(torch.stack(block).cpu(), rng_states):
+            stopped = (frame[:, 0] == eos_id) & ~finished
+            for b in stopped.nonzero().flatten().tolist():
+                stop_states[b] = states[b]
+            finished |= stopped
+            yield frame
+            if finished.all():
+                break
+    for g, rng in zip(generators, stop_states):
+        if rng is not None:
+            g.set_state(rng)
 
 
 @dataclass
@@ -226,12 +400,15 @@ def generate_segments(
     *,
     keep_last_frame_at_limit: bool = True,
     mode: AttentionMode | None = None,
+    check_every: int | None = None,
+    static: bool = False,
+    cuda_graph: bool = False,
 ) -> Iterator[FrameEvent | SegmentEvent]:
     """Generate batch after batch in one growing conversation (spec §5.2c), for one or several takes.
 
-    Each take has its own generator and its own history. Takes whose prompts have the same length run as one
-    batched forward. The official code drops the last frame when `max_frames` runs out; with
-    `keep_last_frame_at_limit` (the default) that real frame is kept.
+    Each take has its own generator and its own history; all takes run as one batched forward, their prompts
+    left-padded to the longest (after the first segment the histories differ in length). The official code drops
+    the last frame when `max_frames` runs out; with `keep_last_frame_at_limit` (the default) that real frame is kept.
     """
     eos_id = builder.tokenizer.im_end_id
     takes = len(generators)
@@ -241,29 +418,24 @@ def generate_segments(
             fit_prompt(builder, text, references, histories[t], max_frames, model.config.max_seq_len)
             for t in range(takes)
         ]
-        by_length: dict[int, list[int]] = {}
-        for t, prompt in enumerate(prompts):
-            by_length.setdefault(prompt.shape[1], []).append(t)
-        for group in by_length.values():
-            frames: list[list[torch.Tensor]] = [[] for _ in group]
-            stopped = [False] * len(group)
-            batch_prompt = torch.stack([prompts[t] for t in group])
-            for step, frame in enumerate(
-                generate_frames(model, batch_prompt, params, max_frames, [generators[t] for t in group], eos_id, mode)
-            ):
-                frame = frame.cpu()
-                for j, t in enumerate(group):
-                    if stopped[j]:
-                        continue
-                    frames[j].append(frame[j])
-                    if step > 0 and int(frame[j, 0]) == eos_id:
-                        stopped[j] = True
-                    else:
-                        yield FrameEvent(t, index, frame[j, 1:])
-            for j, t in enumerate(group):
-                columns = torch.stack(frames[j], dim=1).long()  # [K+1, n]
-                if stopped[j] or not keep_last_frame_at_limit:
-                    columns = columns[:, :-1]
-                segment = Segment(text, list(turn_indices), columns[1:].contiguous(), hit_frame_limit=not stopped[j])
-                histories[t].append(Exchange(text, segment.codes))
-                yield SegmentEvent(t, index, segment)
+        frames: list[list[torch.Tensor]] = [[] for _ in range(takes)]
+        stopped = [False] * takes
+        for step, frame in enumerate(
+            generate_frames(model, prompts, params, max_frames, generators, eos_id, mode,
+                            check_every=check_every, static=static, cuda_graph=cuda_graph)
+        ):
+            for t in range(takes):
+                if stopped[t]:
+                    continue
+                frames[t].append(frame[t])
+                if step > 0 and int(frame[t, 0]) == eos_id:
+                    stopped[t] = True
+                else:
+                    yield FrameEvent(t, index, frame[t, 1:])
+        for t in range(takes):
+            columns = torch.stack(frames[t], dim=1).long()  # [K+1, n]
+            if stopped[t] or not keep_last_frame_at_limit:
+                columns = columns[:, :-1]
+            segment = Segment(text, list(turn_indices), columns[1:].contiguous(), hit_frame_limit=not stopped[t])
+            histories[t].append(Exchange(text, segment.codes))
+            yield SegmentEvent(t, index, segment)

@@ -10,7 +10,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .errors import CheckpointError
@@ -47,20 +47,62 @@ def resolve(
     source: str | Path,
     models_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    models_root: str | Path | Sequence[str | Path] | None = None,
 ) -> Path:
-    """A checkpoint directory for `source` (a directory or a hub id), downloading a hub id when absent."""
+    """A checkpoint directory for `source` (a directory or a hub id), downloading a hub id when absent.
+
+    `models_root` (a folder or several) confines the result: a directory whose real path — after following
+    symlinks — lies outside every root is refused, so a name or link handed in by a client can never make a server
+    read files elsewhere. Without it (the CLI and Python API) any directory the caller names is used.
+    """
+    if not isinstance(source, (str, Path)) or not str(source).strip():
+        raise CheckpointError(f"checkpoint: expected a directory or a hub id like {DEFAULT_REPO!r}, got {source!r}.")
+    roots = _roots(models_root)
     path = Path(source).expanduser()
     if path.is_dir():
+        _check_inside(path, roots)
         missing = missing_files(path)
         if missing:
-            raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}.")
+            raise CheckpointError(
+                f"{path}: incomplete checkpoint, missing {', '.join(missing)}; copy the missing files from the "
+                f"model's download (or delete the folder and download {DEFAULT_REPO} again)."
+            )
         return path
+    if path.exists():
+        raise CheckpointError(f"{source}: is a file; give the checkpoint directory that holds config.json.")
     if not is_hub_id(str(source)):
-        raise CheckpointError(f"{source}: no such checkpoint directory, and not a hub id like {DEFAULT_REPO!r}.")
+        raise CheckpointError(
+            f"{source}: no such checkpoint directory, and not a hub id like {DEFAULT_REPO!r}; check the path."
+        )
     target = Path(models_dir or default_models_dir()).expanduser() / str(source).split("/")[-1]
+    if roots:
+        _check_inside(target if target.exists() else target.parent, roots)
     if target.is_dir() and not missing_files(target):
         return target
     return download(str(source), target, progress)
+
+
+def _roots(models_root) -> list[Path]:
+    if models_root is None:
+        return []
+    items = [models_root] if isinstance(models_root, (str, Path)) else list(models_root)
+    return [Path(os.path.realpath(Path(r).expanduser())) for r in items]
+
+
+def _check_inside(path: Path, roots: list[Path]) -> None:
+    """CheckpointError unless the real path of `path` lies inside one of `roots` (no check without roots)."""
+    if not roots:
+        return
+    real = Path(os.path.realpath(path))
+    if any(real == root or root in real.parents for root in roots):
+        return
+    shown = ", ".join(str(r) for r in roots)
+    via = f" (it leads to {real})" if real != Path(os.path.abspath(path)) else ""
+    raise CheckpointError(
+        f"{path}: is outside the models folder {shown}{via}; move or copy the checkpoint folder into the models "
+        "folder (a symlink pointing elsewhere is not followed), or register its real folder as a model folder."
+    )
 
 
 def download(repo_id: str, target: Path, progress: Callable[[int, int], None] | None = None) -> Path:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import numbers
 import re
+import traceback
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -12,13 +17,14 @@ import torch
 from . import hub
 from .checkpoint import load_model
 from .config import ModelConfig
-from .errors import CheckpointError, CodesError, ParameterError, TextError
+from .errors import AudioError, CheckpointError, CodesError, OutOfMemoryError, ParameterError, TextError, VoiceError
 from .generate import FrameEvent, Generation, SegmentEvent, generate_segments
 from .model import AttentionMode, DualAR
 from .prompt import SPEAKER_TAG, PromptBuilder, Reference, group_turns, split_turns
+from .script import ZWSP, find_tags, normalize_text, strip_tags
 from .sampling import SamplingParams, make_generators, normalize_seed
 from .tokenizer import Tokenizer
-from .voice import Voice, check_reference
+from .voice import MAX_SECONDS, Voice, check_reference
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ def pick_device(device: str | torch.device | None) -> torch.device:
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """None/"auto": bf16 on GPUs that support it (the checkpoint's dtype), fp16 on other GPUs, fp32 on CPU."""
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ParameterError(f"dtype={dtype}: use one of torch.bfloat16, torch.float16, torch.float32 (or auto).")
         return dtype
     if dtype not in (None, "auto"):
         if dtype not in DTYPES:
@@ -72,14 +80,24 @@ class FishS2:
         codec_dtype: torch.dtype = torch.float32,
         models_dir: str | Path | None = None,
         progress: Callable[[int, int], None] | None = None,
+        models_root: str | Path | Sequence[str | Path] | None = None,
     ) -> "FishS2":
-        """Load a checkpoint directory or hub id (downloaded into `models_dir` when absent)."""
+        """Load a checkpoint directory or hub id (downloaded into `models_dir` when absent).
+
+        With `models_root` (a folder or several), a checkpoint whose real path lies outside them — e.g. through a
+        symlink — is refused (see `hub.resolve`); servers and the node pack pass their model folders here.
+        """
         from .codec import load_codec
 
-        directory = hub.resolve(source, models_dir, progress)
+        directory = hub.resolve(source, models_dir, progress, models_root=models_root)
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
-        config = ModelConfig.from_file(directory / "config.json")
+        if codec_dtype not in DTYPES.values():
+            raise ParameterError(f"codec_dtype={codec_dtype}: use torch.float32 (default), torch.bfloat16 or torch.float16.")
+        try:
+            config = ModelConfig.from_file(directory / "config.json")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc} Use the official {hub.DEFAULT_REPO} files (download the model again).") from exc
         tokenizer = Tokenizer(directory / "tokenizer.json")
         if tokenizer.num_semantic != config.codebook_size:
             raise CheckpointError(
@@ -87,8 +105,11 @@ class FishS2:
                 f"codebook_size={config.codebook_size}."
             )
         config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
-        model = load_model(directory, config, dtype, device)
-        codec = load_codec(directory, device=device, dtype=codec_dtype)
+        with _out_of_memory_guard(device, f"loading {directory.name} in {dtype} on {device}",
+                                  "load in a smaller dtype (bf16 or fp16 instead of fp32), free memory used by other "
+                                  "models, or load on the CPU and quantize to int8 (fishs2.quantize) before moving it"):
+            model = load_model(directory, config, dtype, device)
+            codec = load_codec(directory, device=device, dtype=codec_dtype)
         return cls(directory, config, tokenizer, model, codec)
 
     @property
@@ -118,19 +139,33 @@ class FishS2:
         → a `Voice` of codes [K, T]."""
         from .audio import load_audio, prepare_reference
 
+        transcript = _check_transcript(text, "text (the transcript of the reference clip)")
+        if not isinstance(name, str):
+            raise VoiceError(f"name: expected a string, got {type(name).__name__}.")
         if isinstance(audio, (str, Path)):
             waveform, sample_rate = load_audio(audio)
             source = str(audio)
         else:
             if sample_rate is None:
-                raise ParameterError("sample_rate: required when the reference audio is given as samples.")
+                raise ParameterError("sample_rate: required when the reference audio is given as samples; pass "
+                                     "sample_rate=<the rate the samples were recorded at>.")
             waveform, source = audio, "samples"
+        _check_duration(waveform, sample_rate)
         mono = prepare_reference(waveform, sample_rate)  # [L] float32 at the codec rate
         stats = check_reference(mono, self.sample_rate)
-        with torch.inference_mode():
-            codes, _ = self.codec.encode(mono.to(self.codec_device, self.codec_dtype)[None, None])
+        with _out_of_memory_guard(self.codec_device, f"encoding {stats['duration']:.1f} s of reference audio",
+                                  "use a shorter reference clip (10–30 s is best)"):
+            with torch.inference_mode():
+                codes, _ = self.codec.encode(mono.to(self.codec_device, self.codec_dtype)[None, None])
         metadata = {"source": source, "source_sample_rate": int(sample_rate), "duration_s": round(stats["duration"], 3)}
-        return Voice(codes=codes[0].cpu().long(), text=text.strip(), name=name, metadata=metadata)
+        return Voice(codes=codes[0].cpu().long(), text=transcript, name=name, metadata=metadata)
+
+    def load_voice(self, path: str | Path) -> Voice:
+        """`Voice.load(path)`, checked against this model: codebook count, code ranges, transcript."""
+        voice = Voice.load(path)
+        voice.check_codes(self.config.num_codebooks, self.codec.semantic_codebook_size, self.codec.codebook_size)
+        _check_transcript(voice.text, f"{path}: transcript")
+        return voice
 
     @property
     def codec_device(self) -> torch.device:
@@ -142,26 +177,27 @@ class FishS2:
 
     # ── generation ──────────────────────────────────────────────────────────────────────────────────────────
     def plan(self, text, voices: Sequence[Voice], chunk_length: int) -> tuple[list[tuple[str, list[int]]], list[Reference]]:
-        """Turns → batches of (text, turn indices) and the reference list, with every speaker checked."""
-        if isinstance(text, str):
-            if not text.strip():
-                raise TextError("text: is empty; type what the voice should say.")
-            turns = split_turns(text) if SPEAKER_TAG.search(text) else [text.strip()]
-        else:
-            turns = [t if isinstance(t, str) else _turn_text(t) for t in text]
-            if not turns:
-                raise TextError("text: the script has no lines.")
+        """Turns → batches of (text, turn indices) and the reference list, with every turn and speaker checked.
+
+        `text` is a string (turns start at `<|speaker:N|>` labels) or a list of turns (strings or `script.Turn`s).
+        Raises TextError naming the input and the fix for empty text, a turn with only [tags], unbalanced
+        brackets, control characters or invalid unicode, and a speaker without a voice.
+        """
+        turns, _ = _split_text(text)
         if isinstance(chunk_length, bool) or not isinstance(chunk_length, int) or chunk_length < 1:
             raise ParameterError(f"chunk_length={chunk_length!r}: must be an integer ≥ 1 (UTF-8 bytes per batch).")
+        voices = _check_voices(voices)
         for voice in voices:
             voice.check_codes(self.config.num_codebooks, self.codec.semantic_codebook_size, self.codec.codebook_size)
+            _check_transcript(voice.text, f"voice {voice.name!r}: transcript" if voice.name else "voice transcript")
         if voices:
             speakers = {int(m) for turn in turns for m in re.findall(r"<\|speaker:(\d+)\|>", turn)}
             unvoiced = sorted(s for s in speakers if s >= len(voices))
             if unvoiced:
                 raise TextError(
-                    f"text: speaker(s) {', '.join(map(str, unvoiced))} have no voice; {len(voices)} voice(s) given "
-                    f"(speaker N uses voice N, counting from 0)."
+                    f"text: speaker(s) {', '.join(map(str, unvoiced))} have no voice; "
+                    f"{len(voices)} voice(s) given (speaker N uses voice N, counting from 0) — add a voice for each "
+                    "speaker or change the speaker label."
                 )
         batches = [("\n".join(turns[i] for i in group), group) for group in group_turns(turns, chunk_length)]
         references = [Reference(v.text, v.codes) for v in voices]
@@ -190,26 +226,63 @@ class FishS2:
             )
         if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
             raise ParameterError(f"takes={takes!r}: must be an integer ≥ 1.")
-        batches, references = self.plan(text, list(voices), chunk_length)
-        seed = normalize_seed(seed)
+        batches, references = self.plan(text, voices, chunk_length)
+        self._check_fits(batches, references, max_frames)
+        seed = normalize_seed(_as_seed(seed))
         generators = make_generators([seed + i for i in range(takes)], self.device)
-        yield from generate_segments(
-            self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode
-        )
+        with _out_of_memory_guard(
+            self.device, f"generating {takes} take(s) of up to {max_frames} frames in {self.dtype}",
+            "lower max_frames (the KV cache grows with it), generate fewer takes at once, or load the model in a "
+            "smaller dtype (bf16/fp16) or with int8 weights (fishs2.quantize.quantize_int8)",
+        ):
+            yield from generate_segments(
+                self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode
+            )
+
+    def _check_fits(self, batches: list[tuple[str, list[int]]], references: list[Reference], max_frames: int) -> None:
+        """Every batch must fit the context on its own (carried history is dropped as needed, never the batch):
+        fail before anything is generated rather than after minutes of work."""
+        limit = self.config.max_seq_len
+        for batch_text, turn_indices in batches:
+            length = self.prompts.build(batch_text, references).shape[1]
+            if length >= limit:
+                which = "the text" if len(batches) == 1 else (
+                    f"turn {turn_indices[0] + 1}" if len(turn_indices) == 1
+                    else f"turns {turn_indices[0] + 1}–{turn_indices[-1] + 1}")
+                raise TextError(
+                    f"text: the prompt for {which} (reference voices + text) takes {length} positions but the "
+                    f"model's context holds {limit}; split long text into turns (start each paragraph with "
+                    "<|speaker:0|>) — turns are generated one batch after another — or use a shorter reference clip."
+                )
+            if length + max_frames > limit:
+                raise ParameterError(
+                    f"max_frames={max_frames}: the prompt takes {length} of the model's {limit} positions, so at most "
+                    f"{limit - length} frames fit; lower max_frames."
+                )
 
     def generate_takes(self, text, voices: Sequence[Voice] = (), *, seed: int | None = None, takes: int = 1,
                        on_frame: Callable[[int], None] | None = None, **options) -> list[Generation]:
-        """Generate `takes` takes (seeds seed … seed+takes−1) → one `Generation` per take."""
-        seed = normalize_seed(seed)
+        """Generate `takes` takes (seeds seed … seed+takes−1) → one `Generation` per take.
+
+        An exception raised by `on_frame` (e.g. a cancel) stops generation at once: the stream is closed, its
+        caches are released, nothing is kept, and the model is ready for the next request.
+        """
+        seed = normalize_seed(_as_seed(seed))
+        if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
+            raise ParameterError(f"takes={takes!r}: must be an integer ≥ 1.")
         results = [Generation(seed=seed + i) for i in range(takes)]
         done = 0
-        for event in self.stream(text, voices, seed=seed, takes=takes, **options):
-            if isinstance(event, FrameEvent):
-                done += 1
-                if on_frame is not None:
-                    on_frame(done)
-            else:
-                results[event.take].segments.append(event.result)
+        events = self.stream(text, voices, seed=seed, takes=takes, **options)
+        try:
+            for event in events:
+                if isinstance(event, FrameEvent):
+                    done += 1
+                    if on_frame is not None:
+                        on_frame(done)
+                else:
+                    results[event.take].segments.append(event.result)
+        finally:
+            events.close()
         return results
 
     def generate(self, text, voices: Sequence[Voice] = (), *, seed: int | None = None,
@@ -219,16 +292,201 @@ class FishS2:
 
     # ── audio ───────────────────────────────────────────────────────────────────────────────────────────────
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [K, n] → waveform float32 [1, n·frame_length] on the CPU at `sample_rate`."""
-        if not isinstance(codes, torch.Tensor):
-            raise CodesError(f"codes: expected a tensor, got {type(codes).__name__}.")
-        if codes.dim() != 2:
-            raise CodesError(f"codes: expected shape [codebooks, frames], got {list(codes.shape)}.")
-        with torch.inference_mode():
-            audio = self.codec.decode_chunked(codes[None].to(self.codec_device))
+        """Codes [K, n] → waveform float32 [1, n·frame_length] on the CPU at `sample_rate`.
+
+        Codes this model cannot produce (negative, or beyond its code vocabulary) are an error: they come from
+        another model and would decode to noise. Codes the model can produce but the codec's residual codebooks do
+        not hold are clamped by the codec, as the official decoder does.
+        """
+        self.check_codes(codes)
+        with _out_of_memory_guard(self.codec_device, f"decoding {codes.shape[1]} frames",
+                                  "decode fewer frames at once (split the codes), or free memory used by other models"):
+            with torch.inference_mode():
+                audio = self.codec.decode_chunked(codes[None].to(self.codec_device))
         return audio[0].float().cpu()
+
+    def check_codes(self, codes, input_name: str = "codes") -> None:
+        """Raise CodesError unless `codes` is an integer tensor [num_codebooks, frames ≥ 1] within the codebooks."""
+        fix = "pass the codes of a Generation made by this model (result.codes)"
+        if not isinstance(codes, torch.Tensor):
+            raise CodesError(f"{input_name}: expected a torch tensor [codebooks, frames], got {type(codes).__name__}; {fix}.")
+        if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+            raise CodesError(f"{input_name}: must be integers (int64), got {codes.dtype}; {fix}.")
+        k = self.config.num_codebooks
+        if codes.dim() != 2 or codes.shape[0] != k:
+            raise CodesError(f"{input_name}: expected shape [{k}, frames] (one row per codebook), got {list(codes.shape)}; {fix}.")
+        if codes.shape[1] == 0:
+            raise CodesError(f"{input_name}: holds no frames ([{k}, 0]); nothing to decode — generate some speech first.")
+        low, high = int(codes.min()), [int(codes[0].max()), int(codes[1:].max()) if k > 1 else 0]
+        # What this model can emit: the fast AR's vocabulary may exceed the codec's residual codebooks (4096 vs
+        # 1024 in S2 Pro); such codes are clamped by the codec like the official decoder does.
+        sizes = [max(self.config.codebook_size, self.codec.semantic_codebook_size),
+                 max(self.config.codebook_size, self.codec.codebook_size)]
+        if low < 0 or high[0] >= sizes[0] or high[1] >= sizes[1]:
+            raise CodesError(
+                f"{input_name}: values must lie in 0 … {sizes[0] - 1} (codebook 0) and 0 … {sizes[1] - 1} (codebooks "
+                f"1 … {k - 1}), got {low} … {max(high)}; these codes are from another model — {fix}."
+            )
+
+
+# ── input checks ────────────────────────────────────────────────────────────────────────────────────────────────
+_SPEAKER_LABEL = re.compile(r"<\|speaker:\d+\|>")
 
 
 def _turn_text(turn) -> str:
     """A script turn (anything with `.speaker` and `.text`) in the official `<|speaker:N|>text` form."""
-    return turn.text if turn.speaker is None else f"<|speaker:{turn.speaker}|>{turn.text}"
+    if turn.speaker is None:
+        return turn.text
+    if isinstance(turn.speaker, bool) or not isinstance(turn.speaker, int) or turn.speaker < 0:
+        raise TextError(f"text: a turn's speaker must be a voice slot number ≥ 0 or None, got {turn.speaker!r}.")
+    return f"<|speaker:{turn.speaker}|>{turn.text}"
+
+
+def _split_text(text) -> tuple[list[str], list[str]]:
+    """`text` (a string or a list of turns) → checked turn texts and the input name of each, for messages."""
+    if isinstance(text, str):
+        clean = _check_text(text, "text")
+        turns = split_turns(clean) if SPEAKER_TAG.search(clean) else [clean.strip()]
+        if not turns:
+            raise TextError("text: is empty; type what the voice should say.")
+        names = ["text" if len(turns) == 1 else f"text (turn {i + 1})" for i in range(len(turns))]
+    elif isinstance(text, (list, tuple)):
+        if not text:
+            raise TextError("text: the script has no lines; give at least one turn.")
+        turns, names = [], []
+        for i, turn in enumerate(text):
+            if isinstance(turn, str):
+                body = turn
+            elif hasattr(turn, "speaker") and hasattr(turn, "text") and isinstance(turn.text, str):
+                body = _turn_text(turn)
+            else:
+                raise TextError(f"text[{i}]: expected a string or a script Turn, got {type(turn).__name__}.")
+            names.append(f"text[{i}]")
+            turns.append(_check_text(body, names[-1]).strip())
+    else:
+        raise TextError(
+            f"text: expected a string (or a list of turns), got {type(text).__name__}; pass the words to speak as text."
+        )
+    for turn, name in zip(turns, names):
+        if not _has_words(_SPEAKER_LABEL.sub(" ", turn)):
+            label = _SPEAKER_LABEL.match(turn)
+            if not turn.strip():
+                raise TextError(f"{name}: is empty; type what the voice should say.")
+            if label and not _SPEAKER_LABEL.sub("", turn).strip():
+                raise TextError(f"{name}: the label {label.group(0)} has no words after it; write the line after "
+                                "the label or delete the label.")
+            if "[" not in turn:
+                raise TextError(f"{name}: holds no words to speak, only blanks or invisible characters; add the "
+                                "words to speak.")
+            raise TextError(f"{name}: holds only [tags] and no words to speak; add the words the tags apply to "
+                            "(e.g. '[whisper] come closer').")
+    return turns, names
+
+
+def _check_text(text: str, input_name: str) -> str:
+    """Normalise line breaks, reject control characters, lone surrogates and unbalanced [tags] (naming line and
+    column). Returns the normalised text."""
+    text = normalize_text(text, input_name)
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            line = text.count("\n", 0, i) + 1
+            column = i - (text.rfind("\n", 0, i) + 1) + 1
+            raise TextError(
+                f"{input_name}: invalid character U+{ord(ch):04X} (half of a UTF-16 surrogate pair) at line {line}, "
+                f"column {column}; the text was damaged in transfer — delete the character or paste the text again."
+            )
+    find_tags(_SPEAKER_LABEL.sub(lambda m: " " * len(m.group(0)), text), input_name)
+    return text
+
+
+def _has_words(text: str) -> bool:
+    """True when something is left to speak once [tags], blanks, control and format characters are removed.
+    (Unassigned code points count as words: they may be emoji newer than this Python's Unicode tables.)"""
+    return any(unicodedata.category(ch) not in _NOT_WORDS for ch in strip_tags(text).replace(ZWSP, ""))
+
+
+_NOT_WORDS = {"Zs", "Zl", "Zp", "Cc", "Cf", "Cs"}
+
+
+def _check_transcript(text, input_name: str) -> str:
+    """A reference transcript: a string without control characters or broken unicode (it may be empty)."""
+    if not isinstance(text, str):
+        raise TextError(f"{input_name}: expected text (a string), got {type(text).__name__}; type the words spoken "
+                        "in the reference clip.")
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        raise TextError(f"{input_name}: holds a broken character (a lone UTF-16 surrogate); paste the text again.")
+    return normalize_text(text, input_name).strip()
+
+
+def _check_voices(voices) -> list[Voice]:
+    """`voices` as a list of Voice objects (a single Voice is accepted), else VoiceError naming the position."""
+    if voices is None:
+        return []
+    if isinstance(voices, Voice):
+        return [voices]
+    if isinstance(voices, (str, Path)) or not isinstance(voices, Sequence):
+        raise VoiceError(
+            f"voices: expected a list of Voice objects, got {type(voices).__name__}; make one with "
+            "tts.encode_voice(audio, transcript) or Voice.load(path)."
+        )
+    for i, voice in enumerate(voices):
+        if not isinstance(voice, Voice):
+            raise VoiceError(
+                f"voices[{i}]: expected a Voice, got {type(voice).__name__}; make one with "
+                "tts.encode_voice(audio, transcript) or Voice.load(path)."
+            )
+    return list(voices)
+
+
+def _check_duration(waveform, sample_rate) -> None:
+    """Refuse clips longer than MAX_SECONDS before resampling or encoding them (cheap: the shape only)."""
+    shape = getattr(waveform, "shape", None)
+    if not shape or isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or sample_rate <= 0:
+        return  # prepare_reference names the problem
+    seconds = shape[-1] / float(sample_rate)
+    if seconds > MAX_SECONDS:
+        raise AudioError(
+            f"reference audio: is {seconds / 60:.1f} min long; at most {MAX_SECONDS:.0f} s can be used and 10–30 s "
+            "is best — cut a clip of clean speech (and give its transcript)."
+        )
+
+
+def _as_seed(seed) -> int | None:
+    """None, or any integer type (numpy included) → int; `normalize_seed` then folds it (see its doc)."""
+    if seed is None:
+        return None
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        return int(seed)
+    raise ParameterError(f"seed={seed!r}: must be an integer (e.g. 42), or None for a random seed.")
+
+
+_OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+
+
+def free_device_memory(device: torch.device | str) -> None:
+    """Collect garbage and return cached blocks of `device`'s allocator to the driver."""
+    gc.collect()
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and getattr(torch, "mps", None) is not None:
+        torch.mps.empty_cache()
+
+
+@contextlib.contextmanager
+def _out_of_memory_guard(device: torch.device | str, doing: str, advice: str):
+    """Turn an out-of-memory error inside the block into OutOfMemoryError naming the setting to lower.
+
+    The failed call's frames are cleared first, so its tensors (KV caches, activations) are really freed, and the
+    allocator cache is emptied: the model is usable again at once.
+    """
+    try:
+        yield
+    except (*_OOM_ERRORS, RuntimeError) as exc:
+        if not isinstance(exc, _OOM_ERRORS) and "out of memory" not in str(exc).lower():
+            raise
+        detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
+        traceback.clear_frames(exc.__traceback__)
+        del exc
+        free_device_memory(device)
+        raise OutOfMemoryError(f"out of memory on {device} while {doing} ({detail}); {advice}.") from None

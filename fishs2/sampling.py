@@ -39,23 +39,51 @@ class SamplingParams:
 
 
 def sample(
-    logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generators: list[torch.Generator]
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    top_p: float | torch.Tensor,
+    top_k: int,
+    generators: list[torch.Generator],
 ) -> torch.Tensor:
-    """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator."""
+    """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator.
+
+    `temperature` and `top_p` may be 0-dim tensors in the logits' dtype and device (see `DeviceSampling`), which
+    keeps the function free of host → device copies.
+    """
     dtype = logits.dtype
     sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
     cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
-    remove = cumulative > torch.tensor(top_p, dtype=dtype, device=logits.device)
+    remove = cumulative > torch.as_tensor(top_p, dtype=dtype, device=logits.device)
     remove[:, top_k:] = True
     remove[:, 0] = False
     remove = remove.scatter(-1, sorted_ids, remove)
     logits = logits.masked_fill(remove, float("-inf"))
-    logits = logits / torch.clamp(torch.tensor(temperature, dtype=dtype, device=logits.device), min=1e-5)
+    logits = logits / torch.clamp(torch.as_tensor(temperature, dtype=dtype, device=logits.device), min=1e-5)
     probs = torch.softmax(logits, dim=-1)
     uniforms = torch.stack(
         [torch.rand(probs.shape[-1], generator=g, dtype=dtype, device=probs.device) for g in generators]
     )
     return torch.argmax(probs / -torch.log(uniforms), dim=-1)
+
+
+@dataclass(frozen=True)
+class DeviceSampling:
+    """`SamplingParams` with the temperatures and top-p thresholds of a frame (main token, RAS alternative) as
+    0-dim tensors on the model's device, built once per request so that sampling makes no host → device copies."""
+
+    top_k: int
+    temperature: torch.Tensor
+    top_p: torch.Tensor
+    ras_temperature: torch.Tensor
+    ras_top_p: torch.Tensor
+
+    @classmethod
+    def of(cls, params: SamplingParams, dtype: torch.dtype, device: torch.device) -> "DeviceSampling":
+        def tensor(value: float) -> torch.Tensor:
+            return torch.tensor(value, dtype=dtype, device=device)
+
+        return cls(params.top_k, tensor(params.temperature), tensor(params.top_p), tensor(RAS_TEMPERATURE),
+                   tensor(RAS_TOP_P))
 
 
 def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:

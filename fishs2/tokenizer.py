@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, TextError
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -41,7 +41,8 @@ class Tokenizer:
         try:
             self._tok = HFTokenizer.from_file(str(path))
         except Exception as exc:  # the Rust library raises plain Exception subclasses
-            raise CheckpointError(f"{path}: cannot read tokenizer ({exc}).") from exc
+            raise CheckpointError(f"{path}: cannot read tokenizer ({exc}); the file is damaged or from another "
+                                  "model — download the checkpoint again.") from exc
         vocab = self._tok.get_vocab(with_added_tokens=True)
         self.im_start_id = self._require(vocab, IM_START, path)
         self.im_end_id = self._require(vocab, IM_END, path)
@@ -75,6 +76,7 @@ class Tokenizer:
         """Ids of user-written text: special-token strings typed by a user (e.g. `<|im_end|>`) are kept as the
         literal characters, never turned into control tokens. Each occurrence is split after its first character
         and the pieces are encoded separately, so the model reads ordinary text."""
+        _check_encodable(text)
         pieces = [text]
         for token in self.special_tokens:
             pieces = [part for piece in pieces for part in _split_keep(piece, token)]
@@ -82,3 +84,16 @@ class Tokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
+
+
+def _check_encodable(text: str) -> None:
+    """TextError for what the tokenizer cannot take: a non-string, or lone UTF-16 surrogates (no UTF-8 form)."""
+    if not isinstance(text, str):
+        raise TextError(f"text: expected a string, got {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TextError(
+            f"text: invalid character U+{ord(text[exc.start]):04X} (half of a UTF-16 surrogate pair) at position "
+            f"{exc.start}; the text was damaged in transfer — delete the character or paste the text again."
+        ) from None

@@ -23,19 +23,33 @@ log = logging.getLogger(__name__)
 FORMAT = "fishs2-voice/1"
 MIN_SECONDS = 1.0
 LONG_SECONDS = 30.0
+MAX_SECONDS = 120.0  # longer clips are refused: they fill the context and cost minutes to encode
+MAX_PEAK = 2.0  # float samples far outside [-1, 1] are integer PCM passed as float, not a loud recording
+# Files that can carry pickled code; a voice is only ever read from safetensors.
+PICKLE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".npy", ".npz", ".joblib"}
 
 
 def check_reference(mono: torch.Tensor, sample_rate: int) -> dict:
     """Reject reference audio that cannot carry a voice; returns its stats (duration s, peak, rms, clipped).
 
-    Raises AudioError for clips shorter than 1 s, silence, a constant (DC) signal, or a clipped-only signal;
-    warns above 30 s (longer clips cost context and rarely help).
+    Raises AudioError for clips shorter than 1 s or longer than 120 s, silence, a constant (DC) signal, samples
+    far outside [−1, 1], or a clipped-only signal; warns above 30 s (longer clips cost context and rarely help).
     """
     x = mono.float()
     duration = x.numel() / sample_rate
     if duration < MIN_SECONDS:
         raise AudioError(f"reference audio: {duration:.2f} s is too short; give at least {MIN_SECONDS:.0f} s (10–30 s is best).")
+    if duration > MAX_SECONDS:
+        raise AudioError(
+            f"reference audio: is {duration / 60:.1f} min long; at most {MAX_SECONDS:.0f} s can be used and 10–30 s "
+            "is best — cut a clip of clean speech (and give its transcript)."
+        )
     peak = float(x.abs().max())
+    if peak > MAX_PEAK:
+        raise AudioError(
+            f"reference audio: samples reach {peak:.4g}, but float audio must lie in [−1, 1]; if these are 16-bit "
+            "integer values stored as floats, divide them by 32768 (or pass the int16 array itself)."
+        )
     centered = x - x.mean()
     rms = float(centered.pow(2).mean().sqrt())
     clipped = float((x.abs() >= 0.999).float().mean())
@@ -68,14 +82,22 @@ class Voice:
         """Raise VoiceError unless the codes fit a model with these codebook sizes."""
         label = f"voice {self.name!r}" if self.name else "voice"
         c = self.codes
+        if not isinstance(c, torch.Tensor):
+            raise VoiceError(f"{label}: codes must be a torch tensor [codebooks, frames], got {type(c).__name__}; "
+                             "make voices with encode_voice or Voice.load.")
         if c.dtype.is_floating_point or c.dtype == torch.bool or c.dim() != 2:
-            raise VoiceError(f"{label}: codes must be an integer tensor [codebooks, frames], got {c.dtype} {list(c.shape)}.")
+            raise VoiceError(f"{label}: codes must be an integer tensor [codebooks, frames], got {c.dtype} "
+                             f"{list(c.shape)}; re-encode the voice with this model.")
         if c.shape[0] != num_codebooks:
             raise VoiceError(f"{label}: has {c.shape[0]} codebooks, the model uses {num_codebooks}; re-encode the voice with this model.")
         if c.shape[1] < 1:
             raise VoiceError(f"{label}: holds no frames; re-encode it from a longer clip.")
         if int(c.min()) < 0 or int(c[0].max()) >= semantic_size or (c.shape[0] > 1 and int(c[1:].max()) >= residual_size):
-            raise VoiceError(f"{label}: code values are out of range for this model's codec; re-encode the voice with this model.")
+            raise VoiceError(
+                f"{label}: code values {int(c.min())} … {int(c.max())} are out of range for this model's codec "
+                f"(0 … {semantic_size - 1} in codebook 0, 0 … {residual_size - 1} in the others); re-encode the voice "
+                "with this model."
+            )
 
     def save(self, path: str | Path) -> Path:
         """Write `<path>` (.safetensors) and a `.json` sidecar atomically; returns the safetensors path."""
@@ -85,7 +107,10 @@ class Voice:
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "name": self.name, "text": self.text, "metadata": self.metadata,
                 "frames": self.num_frames, "codebooks": int(self.codes.shape[0])}
-        header = {"fishs2": json.dumps(info, ensure_ascii=False)}
+        try:
+            header = {"fishs2": json.dumps(info, ensure_ascii=False)}
+        except (TypeError, ValueError) as exc:
+            raise VoiceError(f"voice {self.name!r}: metadata must be plain JSON data (text, numbers, lists, dicts): {exc}.") from exc
         _atomic_write(path, lambda tmp: save_file({"codes": self.codes.to(torch.int64).contiguous()}, tmp, metadata=header))
         sidecar = path.with_suffix(".json")
         _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8"))
@@ -97,25 +122,40 @@ class Voice:
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise VoiceError(
+                f"{path}: refusing to load a {path.suffix} file as a voice — such files can run code when opened. "
+                "fishs2 voices are .safetensors files (data only); encode the voice again from its audio."
+            )
         if path.suffix != ".safetensors":
             path = path.with_suffix(".safetensors")
         if not path.is_file():
-            raise VoiceError(f"{path}: voice file not found.")
+            raise VoiceError(f"{path}: voice file not found; check the path or save the voice first.")
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
                 if "codes" not in f.keys():
-                    raise VoiceError(f"{path}: not a fishs2 voice (no 'codes' tensor).")
+                    raise VoiceError(f"{path}: not a fishs2 voice (no 'codes' tensor); encode the voice again.")
                 codes = f.get_tensor("codes")
+            if "fishs2" not in header:
+                raise VoiceError(f"{path}: not a fishs2 voice (the file has no fishs2 header); encode the voice again "
+                                 "and save it with fishs2.")
             info = json.loads(header["fishs2"])
-            if info.get("format") != FORMAT:
-                raise VoiceError(f"{path}: unknown voice format {info.get('format')!r}.")
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
             raise VoiceError(f"{path}: not a readable fishs2 voice file ({exc}); save the voice again.") from exc
-        if codes.dtype.is_floating_point or codes.dim() != 2:
-            raise VoiceError(f"{path}: codes must be an integer [codebooks, frames] tensor, got {codes.dtype} {list(codes.shape)}.")
-        return cls(codes=codes.to(torch.int64), text=str(info.get("text", "")), name=str(info.get("name", "")),
-                   metadata=dict(info.get("metadata") or {}))
+        if not isinstance(info, dict) or info.get("format") != FORMAT:
+            found = info.get("format") if isinstance(info, dict) else type(info).__name__
+            raise VoiceError(f"{path}: unknown voice format {found!r} (expected {FORMAT!r}); save the voice again.")
+        text, name, metadata = info.get("text", ""), info.get("name", ""), info.get("metadata") or {}
+        if not isinstance(text, str) or not isinstance(name, str) or not isinstance(metadata, dict):
+            raise VoiceError(f"{path}: the voice header is damaged (text, name or metadata of the wrong type); "
+                             "save the voice again.")
+        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool or codes.dim() != 2:
+            raise VoiceError(f"{path}: codes must be an integer [codebooks, frames] tensor, got {codes.dtype} "
+                             f"{list(codes.shape)}; save the voice again.")
+        if codes.numel() == 0 or int(codes.min()) < 0:
+            raise VoiceError(f"{path}: codes are empty or negative; the file is damaged — save the voice again.")
+        return cls(codes=codes.to(torch.int64), text=text, name=name, metadata=dict(metadata))
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -123,6 +163,8 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

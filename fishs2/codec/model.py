@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +291,7 @@ def load_codec(
 def _resolve(path: Path) -> tuple[Path, Path | None]:
     weights = path / CODEC_WEIGHTS if path.is_dir() else path
     if not weights.is_file():
-        raise CheckpointError(f"codec weights not found: {weights}")
+        raise CheckpointError(f"codec weights not found: {weights}; copy codec.pth from the model's download")
     config = weights.with_name(CODEC_CONFIG)
     return weights, config if config.is_file() else None
 
@@ -300,15 +301,23 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message suggests weights_only=False; name only the offending object instead.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else "it is not a plain state dict"
         raise CheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than tensors ({e})"
+            f"refusing to load {path}: it holds pickled objects other than tensors, which could run code ({what}); "
+            "nothing in it was executed — use the official codec.pth (download the model again)"
         ) from e
     except Exception as e:  # truncated zip, not a torch file, I/O error …
-        raise CheckpointError(f"cannot read codec weights {path} (corrupt or truncated?): {e}") from e
+        raise CheckpointError(
+            f"cannot read codec weights {path} (corrupt or truncated?): {e}; download the model again"
+        ) from e
     if isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict (got {type(obj).__name__})")
+        raise CheckpointError(
+            f"{path} does not hold a state dict (got {type(obj).__name__}); use the official codec.pth"
+        )
     if any("generator." in key for key in obj):
         obj = {key.replace("generator.", "", 1): v for key, v in obj.items() if "generator." in key}
     return dict(obj)

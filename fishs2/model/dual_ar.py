@@ -23,11 +23,12 @@ class DualAR(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.slow.embeddings.weight.dtype
+        """The activation dtype (a norm weight's: linear weights may be int8)."""
+        return self.slow.norm.weight.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.slow.embeddings.weight.device
+        return self.slow.norm.weight.device
 
     def slow_caches(self, batch: int, capacity: int) -> list[KVCache]:
         c = self.config.slow

@@ -43,9 +43,10 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Ten
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of x [B, T, H, D] by table [T, D/2, 2]; computed in fp32."""
+    """Rotate interleaved pairs (2i, 2i+1) of x [B, T, H, D] by table [T, D/2, 2] (or [B, T, D/2, 2]: positions
+    per sequence); computed in fp32."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    cos_sin = table.float().view(1, x.shape[1], 1, pairs.shape[-2], 2)
+    cos_sin = table.float().view(-1, x.shape[1], 1, pairs.shape[-2], 2)
     cos, sin = cos_sin[..., 0], cos_sin[..., 1]
     a, b = pairs[..., 0], pairs[..., 1]
     rotated = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
@@ -54,16 +55,27 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AttentionMode:
-    """How attention reads the cache. The defaults are the fast path; `official()` is the official formulation
-    (whole preallocated cache under a mask, GQA by repeat_interleave), kept as a switchable baseline for bench/."""
+    """How attention reads the cache.
+
+    The defaults are the fast path: the cache holds the request (prompt + max frames) and attention reads only the
+    filled positions, with native GQA. `static()` reads the whole request-sized cache under a mask, so shapes stay
+    fixed from frame to frame (what a CUDA graph needs). `official()` is the official formulation — the cache
+    preallocated to the model's whole context, every position read under a mask, GQA by repeat_interleave —
+    kept as a switchable baseline for bench/.
+    """
 
     filled_only: bool = True
     native_gqa: bool = True
+    full_context: bool = False  # preallocate max_seq_len positions whatever the request
     manual: bool = False  # the official fast AR's hand-written attention, in the activation dtype
 
     @classmethod
+    def static(cls) -> "AttentionMode":
+        return cls(filled_only=False)
+
+    @classmethod
     def official(cls) -> "AttentionMode":
-        return cls(filled_only=False, native_gqa=False)
+        return cls(filled_only=False, native_gqa=False, full_context=True)
 
 
 class KVCache(nn.Module):
@@ -79,10 +91,15 @@ class KVCache(nn.Module):
     def capacity(self) -> int:
         return self.k.shape[2]
 
-    def write(self, start: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, H, T, D] for positions start … start+T-1."""
-        self.k[:, :, start : start + k.shape[2]] = k
-        self.v[:, :, start : start + v.shape[2]] = v
+    def write(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, H, T, D] for positions start … start+T-1; `start` may be a device tensor (static decoding)."""
+        if isinstance(start, torch.Tensor):
+            positions = start + torch.arange(k.shape[2], device=k.device)
+            self.k.index_copy_(2, positions, k)
+            self.v.index_copy_(2, positions, v)
+        else:
+            self.k[:, :, start : start + k.shape[2]] = k
+            self.v[:, :, start : start + v.shape[2]] = v
 
 
 class Attention(nn.Module):
@@ -113,42 +130,82 @@ class Attention(nn.Module):
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache, start: int, mode: AttentionMode
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: KVCache,
+        start: int | torch.Tensor,
+        mode: AttentionMode,
+        padding: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [B, T, dim] at positions start … start+T-1 → [B, T, dim]."""
+        """x [B, T, dim] in cache slots start … start+T-1 → [B, T, dim]. `padding` [B, 1, 1, capacity] marks the
+        slots of left padding, which sequences of a batch with different prompt lengths begin with."""
         B, T, _ = x.shape
         q, k, v = self.qkv(x, rope)
         cache.write(start, k, v)
-        end = start + T
-        kv_len = end if mode.filled_only else cache.capacity
+        kv_len = start + T if mode.filled_only else cache.capacity
         keys, values = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
-        causal = mode.filled_only and start == 0 and T > 1
-        mask = None if causal or (mode.filled_only and T == 1) else causal_mask(start, T, kv_len, x.device)
-        if not mode.native_gqa or mode.manual:
-            group = self.config.n_head // self.config.n_local_heads
-            keys = keys.repeat_interleave(group, dim=1)
-            values = values.repeat_interleave(group, dim=1)
+        causal = mode.filled_only and start == 0 and T > 1 and padding is None
+        mask = None
+        if padding is not None:
+            mask = padded_causal_mask(start, T, padding[..., :kv_len])
+        elif not causal and not (mode.filled_only and T == 1):
+            mask = causal_mask(start, T, kv_len, x.device)
         if mode.manual:
-            out = manual_attention(q, keys, values, mask if mask is not None else causal_mask(start, T, kv_len, x.device))
+            out = manual_attention(q, *expand_kv(keys, values, q.shape[1]), mask)
+        elif not mode.native_gqa:
+            out = F.scaled_dot_product_attention(q, *expand_kv(keys, values, q.shape[1]), attn_mask=mask)
+        elif T == 1 or not mode.filled_only:  # decode: one matmul per KV head, no kernel launch per query head
+            out = grouped_attention(q, keys, values, mask)
         else:
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=keys.shape[1] != q.shape[1]
-            )
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=True)
         return self.wo(out.transpose(1, 2).reshape(B, T, self.config.q_size))
 
 
-def manual_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q kᵀ · 1/√D + bias) v with every product in the activation dtype (official fast-AR numerics)."""
+def expand_kv(keys: torch.Tensor, values: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GQA the official way: copy each key/value head to every query head of its group."""
+    group = n_head // keys.shape[1]
+    return keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """GQA without copying K/V: the query heads of a group attend to their shared key head in one matmul, so K and V
+    are read once (memory-bound decode at long context reads them at full bandwidth).
+
+    q [B, H, T, D], k/v [B, Hkv, L, D], mask [1, 1, T, L] or None → [B, H, T, D]; softmax in float32.
+    """
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv * T, D)  # query heads of one group are adjacent
+    scores = (q @ k.transpose(-2, -1)).view(B, Hkv, H // Hkv, T, -1) * (1.0 / math.sqrt(D))
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    return (probs.view(B, Hkv, -1, k.shape[2]) @ v).view(B, H, T, D)
+
+
+def manual_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q kᵀ · 1/√D + bias) v with every product in the activation dtype (official fast-AR numerics).
+    mask None: every key is visible (the official bias would be all zeros, which adds nothing)."""
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores + bias, dim=-1) @ v
+    if mask is not None:
+        scores = scores + torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
 
 
-def causal_mask(start: int, length: int, kv_len: int, device) -> torch.Tensor:
+def causal_mask(start: int | torch.Tensor, length: int, kv_len: int, device) -> torch.Tensor:
     """Boolean [1, 1, length, kv_len]: query at position start+i sees keys 0 … start+i."""
-    queries = torch.arange(start, start + length, device=device)[:, None]
+    queries = (start + torch.arange(length, device=device))[:, None]
     keys = torch.arange(kv_len, device=device)[None, :]
     return (keys <= queries)[None, None]
+
+
+def padded_causal_mask(start: int | torch.Tensor, length: int, padding: torch.Tensor) -> torch.Tensor:
+    """Boolean [B, 1, length, kv_len]: the causal mask without the padding slots `padding` [B, 1, 1, kv_len]; a
+    padding slot sees only itself, so that no softmax row is empty."""
+    causal = causal_mask(start, length, padding.shape[-1], padding.device)
+    own = torch.arange(padding.shape[-1], device=padding.device) == (start + torch.arange(length, device=padding.device))[:, None]
+    return (causal & ~padding) | own
 
 
 class FeedForward(nn.Module):
@@ -174,8 +231,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, eps)
         self.ffn_norm = RMSNorm(config.dim, eps)
 
-    def forward(self, x, rope, cache: KVCache, start: int, mode: AttentionMode) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, cache, start, mode)
+    def forward(self, x, rope, cache: KVCache, start, mode: AttentionMode, padding=None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache, start, mode, padding)
         return h + self.feed_forward(self.ffn_norm(h))
 
 

@@ -20,8 +20,8 @@ class SlowTransformer(nn.Module):
         self.codebook_embeddings = nn.Embedding(config.codebook_size * config.num_codebooks, c.dim)
         self.layers = nn.ModuleList(TransformerBlock(c, config.norm_eps) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.dim, config.norm_eps)
-        if not config.tie_word_embeddings:
-            self.output = nn.Linear(c.dim, config.vocab_size, bias=False)
+        # None: the output head is the token table (tied); int8 models set it to the table's int8 projection.
+        self.output = None if config.tie_word_embeddings else nn.Linear(c.dim, config.vocab_size, bias=False)
 
     def embed(self, inp: torch.Tensor) -> torch.Tensor:
         """inp [B, K+1, T] → [B, T, dim]: token embedding, plus the summed codebook embeddings / √(K+1) at
@@ -37,8 +37,8 @@ class SlowTransformer(nn.Module):
     def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Final norm and output projection → (logits [B, T, vocab], hidden handed to the fast AR [B, T, dim])."""
         hidden = self.norm(x)
-        weight = self.embeddings.weight if self.config.tie_word_embeddings else self.output.weight
-        return F.linear(hidden, weight), hidden
+        logits = F.linear(hidden, self.embeddings.weight) if self.output is None else self.output(hidden)
+        return logits, hidden
 
     def forward(
         self,
@@ -48,12 +48,13 @@ class SlowTransformer(nn.Module):
         rope: torch.Tensor,
         mode: AttentionMode,
         last_only: bool = True,
+        padding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """inp [B, K+1, T] at positions start … start+T−1 → (logits, hidden), of the last position only
-        unless `last_only` is False."""
+        """inp [B, K+1, T] in cache slots start … start+T−1 → (logits, hidden), of the last position only
+        unless `last_only` is False. `padding`: see `Attention.forward`."""
         x = self.embed(inp)
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, rope, cache, start, mode)
+            x = layer(x, rope, cache, start, mode, padding)
         if last_only:
             x = x[:, -1:]
         return self.head(x)

@@ -1,0 +1,389 @@
+"""fishs2 benchmark: decode speed, per-frame time against context length, memory and codec decode, every figure
+next to the official formulation's measured in the same run (see README.md beside this file).
+
+    python bench/run.py                         # CPU: mid-size random checkpoint in the official layout, fp32
+    python bench/run.py --real --dtype bf16     # the real architecture with random weights (GPU)
+    python bench/run.py --write bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fishs2.checkpoint import load_model  # noqa: E402
+from fishs2.config import ModelConfig  # noqa: E402
+from fishs2.generate import FrameDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
+from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
+from fishs2.model import AttentionMode, DualAR  # noqa: E402
+from fishs2.quantize import quantize_int8  # noqa: E402
+from fishs2.sampling import DeviceSampling, SamplingParams, make_generators  # noqa: E402
+from fishs2.synthetic import Sizes, write_checkpoint  # noqa: E402
+from fishs2.tokenizer import Tokenizer  # noqa: E402
+
+FRAME_SECONDS = 2048 / 44100  # audio per frame
+MID = Sizes(dim=512, n_layer=8, n_head=8, n_local_heads=2, head_dim=64, intermediate_size=1536, n_fast_layer=2,
+            codebook_size=1024, max_seq_len=32768)
+REAL_CONFIG = ROOT / "tests" / "fixtures" / "golden" / "real_config_reference.json"
+NO_STOP = -1  # eos id that is never sampled as a frame's first row: every run decodes exactly the frames asked
+PARAMS = SamplingParams(temperature=1.0, top_p=0.9, top_k=30)
+GPU_PEAK_GBS = {"H200": 4800, "H100 NVL": 3900, "H100 PCIe": 2000, "H100": 3350, "A100-SXM4-80GB": 2039,
+                "A100": 1555, "L40S": 864, "4090": 1008, "3090": 936}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ── measurement helpers ────────────────────────────────────────────────────────────────────────────────────────
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    elif Path("/proc/self/clear_refs").exists():
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def memory(device: torch.device, peak: bool) -> int:
+    """Device memory allocated (CUDA) or RSS (CPU), now or at its peak since `reset_peak`, in bytes."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+    key = "VmHWM" if peak else "VmRSS"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def stored_bytes(*modules: torch.nn.Module) -> int:
+    tensors = {id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def weight_bytes_per_frame(model: DualAR) -> int:
+    """Weight bytes one frame reads: the slow AR once (with its output head), the fast AR num_codebooks times (its
+    output head num_codebooks − 1 times); embedding lookups read a few rows only and are left out."""
+    slow, fast, k = model.slow, model.fast, model.config.num_codebooks
+    head = slow.output if slow.output is not None else slow.embeddings
+    return (stored_bytes(*slow.layers, slow.norm, head) + k * stored_bytes(*fast.layers)
+            + (k - 1) * stored_bytes(fast.norm, fast.output))
+
+
+def peak_bandwidth(device: torch.device) -> tuple[float, str]:
+    """(GB/s, how it was obtained): a table for known GPUs, else a measured copy (bytes read + written)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, value in GPU_PEAK_GBS.items():
+            if key in name:
+                return float(value), f"{name} datasheet"
+    n = 64 * 2**20
+    a, b = torch.ones(n, device=device), torch.empty(n, device=device)
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        start = time.perf_counter()
+        b.copy_(a)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n * 4 / best / 1e9, "measured tensor copy, read + write"
+
+
+def random_prompt(config: ModelConfig, length: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.zeros(config.num_codebooks + 1, length, dtype=torch.long)
+    prompt[0] = torch.randint(0, min(300, config.vocab_size), (length,), generator=g)
+    return prompt
+
+
+# ── benchmarks ─────────────────────────────────────────────────────────────────────────────────────────────────
+def decode_run(model: DualAR, prompt: torch.Tensor, frames: int, first_audio: int, **options) -> dict:
+    """One generate_frames call: time to first frame / to frame `first_audio`, decode frames/s, peak memory."""
+    device = model.device
+    sync(device)
+    reset_peak(device)
+    before = memory(device, peak=False)
+    start = time.perf_counter()
+    stamps = []
+    for _ in generate_frames(model, prompt, PARAMS, frames, make_generators([1], device), NO_STOP, **options):
+        stamps.append(time.perf_counter())
+    sync(device)
+    # The decode rate counts from the end of the first block of frames (graph capture, first host sync) on.
+    skip = 1 if options.get("check_every", 1 if device.type == "cpu" else 8) == 1 else 8
+    return {"first_frame_s": stamps[0] - start, "first_audio_frames_s": stamps[min(first_audio, frames) - 1] - start,
+            "frames_per_s": (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), "peak_bytes": memory(device, peak=True),
+            "growth_bytes": memory(device, peak=True) - before}
+
+
+def best_of(runs: list[dict]) -> dict:
+    """The run with the highest decode rate (the least disturbed on a shared machine) and the spread."""
+    best = max(runs, key=lambda r: r["frames_per_s"])
+    rates = [r["frames_per_s"] for r in runs]
+    return {**best, "spread": (max(rates) - min(rates)) / max(rates), "runs": len(runs)}
+
+
+def context_sweep(model: DualAR, contexts: list[int], rounds: int, modes: dict[str, AttentionMode]) -> dict:
+    """Seconds per decode frame with `context` positions already in the cache, per mode and context.
+
+    The caches are filled with random keys/values instead of a prefill (a step's cost does not depend on their
+    values). Rounds interleave every (mode, context) one frame at a time and the fastest frame of each is kept, so
+    load from other processes on a shared machine disturbs all columns alike.
+    """
+    device = model.device
+    params = DeviceSampling.of(PARAMS, model.dtype, device)
+    decoders = {}
+    with torch.inference_mode():
+        for name, mode in modes.items():
+            for context in contexts:
+                state = new_state(model, 1, context + rounds + 2, NO_STOP, mode)
+                for cache in state.slow_caches:
+                    cache.k[:, :, :context].normal_()
+                    cache.v[:, :, :context].normal_()
+                state.position = context
+                gens = make_generators([2], device)
+                logits, hidden = slow_step(model, random_prompt(model.config, 1)[None].to(device), state)
+                first = sample_frame(model, logits, hidden, state, params, gens, None)
+                decoders[name, context] = FrameDecoder(model, state, params, gens, first)
+        best = {key: float("inf") for key in decoders}
+        for _ in range(rounds + 1):  # the first round warms up
+            for key, decoder in decoders.items():
+                sync(device)
+                start = time.perf_counter()
+                decoder()
+                sync(device)
+                best[key] = min(best[key], time.perf_counter() - start)
+    return {name: {c: best[name, c] for c in contexts} for name in modes}
+
+
+def kv_bytes_allocated(model: DualAR, prompt: int, frames: int, mode: AttentionMode) -> int:
+    state = new_state(model, 1, prompt + frames, NO_STOP, mode)
+    return stored_bytes(*state.slow_caches, *state.fast_caches)
+
+
+def teacher_forced_error(reference: DualAR, quantized: DualAR, prompt: torch.Tensor) -> tuple[float, float]:
+    """(relative L2 error of the slow logits over every prompt position, semantic argmax agreement)."""
+    cfg = reference.config
+    outputs = []
+    for model in (reference, quantized):
+        state = new_state(model, 1, prompt.shape[-1], NO_STOP)
+        with torch.inference_mode():
+            logits, _ = model.slow(prompt[None].to(model.device), 0, state.slow_caches, state.slow_rope, state.mode,
+                                   last_only=False)
+        outputs.append(logits.float()[..., cfg.semantic_begin_id : cfg.semantic_end_id + 1])
+    a, b = outputs
+    return ((a - b).norm() / a.norm()).item(), (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+
+def codec_decode(device: torch.device, frames: int, first_audio: int) -> dict:
+    """The real-architecture codec (random weights, fp32): whole-utterance decode rate and first-audio latency."""
+    from fishs2.codec import Codec, CodecConfig
+
+    codec = Codec(CodecConfig()).to(device).eval()
+    codes = torch.randint(0, 1024, (1, 10, frames), device=device)
+    with torch.inference_mode():
+        codec.decode_stream(codes[..., :2], 0)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        codec.decode_chunked(codes)
+        sync(device)
+        whole = time.perf_counter() - start
+        start = time.perf_counter()
+        codec.decode_stream(codes[..., :first_audio], 0)
+        sync(device)
+        first = time.perf_counter() - start
+    return {"frames_per_s": frames / whole, "first_audio_decode_s": first}
+
+
+# ── model construction ─────────────────────────────────────────────────────────────────────────────────────────
+def mid_model(dtype: torch.dtype, device: torch.device, cache: Path) -> DualAR:
+    """The mid-size checkpoint, written once in the official layout and loaded by the real loader."""
+    directory = cache / "mid-512x8"
+    if not (directory / "config.json").exists():
+        write_checkpoint(directory, ROOT / "tests" / "fixtures" / "golden" / "tiny_codec", MID)
+    tokenizer = Tokenizer(directory / "tokenizer.json")
+    config = ModelConfig.from_file(directory / "config.json")
+    config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
+    return load_model(directory, config, dtype, device)
+
+
+def real_model(dtype: torch.dtype, device: torch.device) -> DualAR:
+    """The real architecture (4.56 B parameters) with random weights, built directly on the device."""
+    raw = json.loads(REAL_CONFIG.read_text())
+    config = ModelConfig.from_dict(raw.get("config", raw))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = DualAR(config)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval().requires_grad_(False)
+
+
+# ── report ─────────────────────────────────────────────────────────────────────────────────────────────────────
+def machine(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} thread(s), "
+            f"load average at start {load}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp32 on the CPU, bf16 on GPUs")
+    parser.add_argument("--real", action="store_true", help="the real architecture instead of the mid-size model")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--prompt", type=int, default=100, help="prompt positions of the decode runs")
+    parser.add_argument("--frames", type=int, default=32, help="frames per decode run")
+    parser.add_argument("--runs", type=int, default=2, help="decode runs per path (the fastest is reported)")
+    parser.add_argument("--contexts", default="100,1000,2000,4000,8000")
+    parser.add_argument("--context-frames", type=int, default=8)
+    parser.add_argument("--first-audio", type=int, default=4, help="frames decoded by the codec for first audio")
+    parser.add_argument("--codec-frames", type=int, default=32)
+    parser.add_argument("--no-codec", action="store_true")
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fishs2-bench")
+    parser.add_argument("--write", type=Path, help="also write the report (markdown) to this file")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
+    model = real_model(dtype, device) if args.real else mid_model(dtype, device, args.cache)
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    prompt = random_prompt(cfg, args.prompt)
+    peak_gbs, peak_source = peak_bandwidth(device)
+    lines = [f"# fishs2 bench — {'real architecture' if args.real else 'mid-size model'}, {dtype_name}, {device.type}", "",
+             f"- machine: {machine(device, args.threads)}",
+             f"- model: {params / 1e6:.1f} M parameters (slow dim {cfg.slow.dim} × {cfg.slow.n_layer} layers, fast "
+             f"{cfg.fast.n_layer} layers, {cfg.slow.n_head}/{cfg.slow.n_local_heads} heads × {cfg.slow.head_dim}, "
+             f"FFN {cfg.slow.intermediate_size}, vocab {cfg.vocab_size}, codebook {cfg.codebook_size}, "
+             f"max_seq_len {cfg.max_seq_len}), random weights",
+             f"- decode runs: prompt {args.prompt} positions, {args.frames} frames, sampling T={PARAMS.temperature} "
+             f"top_p={PARAMS.top_p} top_k={PARAMS.top_k}, stop disabled; fastest of {args.runs} interleaved runs",
+             f"- peak memory bandwidth: {peak_gbs:.0f} GB/s ({peak_source})",
+             f"- command: `python bench/run.py {' '.join(sys.argv[1:])}`", ""]
+    print("\n".join(lines), flush=True)
+
+    paths = {"fishs2": (model, {}),
+             "official formulation": (model, {"mode": AttentionMode.official(), "check_every": 1})}
+    if device.type == "cuda":
+        paths["fishs2 + CUDA graph"] = (model, {"cuda_graph": True})
+    else:
+        paths["fishs2 static step (CUDA-graph code, eager)"] = (model, {"static": True})
+    quantized = None
+    if not args.no_int8:
+        quantized = quantize_int8(real_model(dtype, device) if args.real else mid_model(dtype, device, args.cache))
+        paths["fishs2 int8"] = (quantized, {"cuda_graph": True} if device.type == "cuda" else {})
+    runs = {name: [] for name in paths}
+    for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike
+        for name, (m, options) in paths.items():
+            runs[name].append(decode_run(m, prompt, args.frames, args.first_audio, **options))
+            print(f"{name}: {runs[name][-1]}", flush=True)
+    results = {name: best_of(r) for name, r in runs.items()}
+    contexts = [int(c) for c in args.contexts.split(",")]
+    sweep = context_sweep(model, contexts, args.context_frames,
+                          {"fishs2": AttentionMode(), "official formulation": AttentionMode.official()})
+    for context in contexts:
+        print(f"context {context}: " + ", ".join(f"{n} {1000 * s[context]:.1f} ms" for n, s in sweep.items()),
+              flush=True)
+    # The codec runs last: its large buffers stay in the process heap and would make later allocations cheaper.
+    codec = None if args.no_codec else codec_decode(device, args.codec_frames, args.first_audio)
+    base = results["official formulation"]["frames_per_s"]
+    lines += ["## Decode", "",
+              "| path | frames/s | ms/frame | RTF | vs official | time to first frame | time to first audio "
+              "| weights read/frame | achieved bandwidth | peak " + ("device memory" if device.type == "cuda" else "RSS")
+              + " (growth during the run) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        m = paths[name][0]
+        per_frame = weight_bytes_per_frame(m)
+        bandwidth = per_frame * r["frames_per_s"] / 1e9
+        first_audio = f"{r['first_audio_frames_s'] + codec['first_audio_decode_s']:.3f} s" if codec else "—"
+        lines.append(
+            f"| {name} | {r['frames_per_s']:.2f} | {1000 / r['frames_per_s']:.1f} | "
+            f"{1 / (r['frames_per_s'] * FRAME_SECONDS):.3f} | {r['frames_per_s'] / base:.2f}× | "
+            f"{r['first_frame_s']:.3f} s | {first_audio} | {per_frame / 2**20:.0f} MiB | {bandwidth:.1f} GB/s "
+            f"({100 * bandwidth / peak_gbs:.0f}% of peak) | {r['peak_bytes'] / 2**20:.0f} MiB "
+            f"(+{r['growth_bytes'] / 2**20:.0f} MiB) |")
+    lines += ["", "Peak memory is the whole process's (it holds the model and its int8 copy); the growth is what the "
+              "run itself added (KV cache, activations, the official path's expanded K/V) beyond memory the heap "
+              "already held.",
+              "", f"RTF = compute time / audio time (1 frame = 2048/44100 s). Time to first audio = time to frame "
+              f"{args.first_audio} + codec decode of those frames. Run-to-run spread of frames/s: "
+              + ", ".join(f"{n} {100 * r['spread']:.0f}%" for n, r in results.items()) + ".", ""]
+    if codec:
+        lines += [f"Codec decode (real architecture, random weights, fp32, `decode_chunked`): "
+                  f"{codec['frames_per_s']:.1f} frames/s = {codec['frames_per_s'] * FRAME_SECONDS:.2f}× real time; "
+                  f"first {args.first_audio} frames via `decode_stream` in {codec['first_audio_decode_s']:.3f} s.", ""]
+    if quantized is not None:
+        error, agreement = teacher_forced_error(model, quantized, random_prompt(cfg, 256))
+        lines += [f"int8 error on this model (256 teacher-forced positions): slow logits relative L2 error "
+                  f"{100 * error:.1f}%, greedy semantic token unchanged at {100 * agreement:.0f}% of positions.", ""]
+
+    lines += ["## Per-frame time against context length", "",
+              f"Fastest of {args.context_frames} decode frames with the cache already holding that many positions "
+              "(random keys/values instead of a prefill); the frames of all columns are interleaved.", "",
+              "| context positions | " + " | ".join(str(c) for c in contexts) + " | max/min |",
+              "|---|" + "---:|" * (len(contexts) + 1)]
+    for name, times in sweep.items():
+        values = list(times.values())
+        lines.append(f"| {name} (ms/frame) | " + " | ".join(f"{1000 * t:.1f}" for t in values)
+                     + f" | {max(values) / min(values):.2f} |")
+    ratios = [sweep["official formulation"][c] / sweep["fishs2"][c] for c in contexts]
+    read = [weight_bytes_per_frame(model) + kv_cache_bytes(cfg, c, dtype=dtype) for c in contexts]
+    lines += ["| official / fishs2 | " + " | ".join(f"{r:.1f}×" for r in ratios) + " | |",
+              "| bytes fishs2 must read per frame (weights + KV), MiB | " + " | ".join(f"{b / 2**20:.0f}" for b in read)
+              + f" | {max(read) / min(read):.2f} |", "",
+              "The last row is the memory-bound floor: a decode step reads every weight and the filled part of the KV "
+              "cache, so per-frame time can only stay flat while the KV bytes stay small next to the weights.", ""]
+
+    lines += ["## KV cache allocated per request", "",
+              "fishs2 sizes the cache to the request: bytes = 2 · n_layer · n_local_heads · head_dim · (prompt + max "
+              "frames) · bytes/element + the fast AR's 10-slot cache; the official formulation always allocates "
+              f"max_seq_len = {cfg.max_seq_len} positions.", "",
+              "| prompt + frames | fishs2 allocated | formula | official formulation |", "|---|---:|---:|---:|"]
+    for prompt_len, frames in ((100, 400), (1000, 1000), (4000, 4000)):
+        ours = kv_bytes_allocated(model, prompt_len, frames, AttentionMode())
+        official = kv_bytes_allocated(model, prompt_len, frames, AttentionMode.official())
+        formula = kv_cache_bytes(cfg, prompt_len + frames, dtype=dtype)
+        lines.append(f"| {prompt_len} + {frames} | {ours / 2**20:.1f} MiB | {formula / 2**20:.1f} MiB | "
+                     f"{official / 2**20:.1f} MiB |")
+    real = ModelConfig.from_dict((lambda raw: raw.get("config", raw))(json.loads(REAL_CONFIG.read_text())))
+    lines += ["", "## Memory estimate, real architecture (`fishs2.memory.estimate_memory`)", "",
+              "| weights | positions (prompt) | weights | KV cache | activations | codec (fp32) | LLM total | total |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for int8 in (False, True):
+        for positions, prompt_len in ((4096, 1024), (8192, 2048), (32768, 2048)):
+            e = estimate_memory(real, positions, prompt=prompt_len, dtype=torch.bfloat16, int8=int8)
+            lines.append(f"| {'int8' if int8 else 'bf16'} | {positions} ({prompt_len}) | {e.weights / GIB:.2f} GiB | "
+                         f"{e.kv_cache / GIB:.2f} GiB | {e.activations / GIB:.2f} GiB | "
+                         f"{(e.codec_weights + e.codec_activations) / GIB:.2f} GiB | {e.llm / GIB:.2f} GiB | "
+                         f"{e.total / GIB:.2f} GiB |")
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    if args.write:
+        args.write.write_text(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Live preview: decoded audio while generation is still running, without changing what it produces.
+
+`LivePreview` consumes the engine's event stream (`FishS2.stream`: `FrameEvent` per new frame, `SegmentEvent`
+per finished segment) and returns `PreviewChunk`s of audio:
+
+* `every_frames=None` (default): one chunk per finished line (segment);
+* `every_frames=N`: a chunk every N new frames of a take (and the rest when its segment finishes).
+
+Chunks come from the codec's incremental decoder (`Codec.decode_stream`), which recomputes only the receptive
+field of the new frames, so a chunk's cost does not grow with the length of the generation. The chunks of one
+take, joined in order, equal `FishS2.decode(generation.codes)` of that take up to float rounding — the preview
+is the start of the final audio, not an approximation of it.
+
+The preview only reads events: the codes, and therefore the final audio, are the same with and without it
+(`generate_with_preview` returns exactly what `FishS2.generate_takes` returns). The ComfyUI side sends each
+chunk to the browser (`PreviewChunk.wav_bytes()` gives a small WAV file) through the server's websocket.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ParameterError
+from .generate import FrameEvent, Generation, SegmentEvent
+
+__all__ = ["PreviewChunk", "LivePreview", "generate_with_preview"]
+
+
+@dataclass(frozen=True)
+class PreviewChunk:
+    """Audio of take `take` from sample `start` (in that take's whole audio) on: float32 [n] on the CPU.
+    `segment_done` is True when the chunk ends a segment (a finished line)."""
+
+    take: int
+    segment: int
+    start: int
+    audio: torch.Tensor
+    sample_rate: int
+    segment_done: bool
+
+    @property
+    def end(self) -> int:
+        return self.start + int(self.audio.shape[-1])
+
+    def wav_bytes(self) -> bytes:
+        """The chunk as a mono 16-bit PCM WAV file (what a browser `<audio>` / WebAudio decodes directly)."""
+        pcm = (self.audio.double() * 32768.0).round().clamp(-32768, 32767).to(torch.int16).numpy().tobytes()
+        out = io.BytesIO()
+        out.write(b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE")
+        out.write(b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, self.sample_rate, self.sample_rate * 2, 2, 16))
+        out.write(b"data" + struct.pack("<I", len(pcm)) + pcm)
+        return out.getvalue()
+
+
+class _Take:
+    """Frames of one take so far: finished segments' codes plus the current segment's frames."""
+
+    def __init__(self) -> None:
+        self.done: list[torch.Tensor] = []  # [K, n] per finished segment
+        self.current: list[torch.Tensor] = []  # [K] per frame of the open segment
+        self.emitted = 0  # samples already returned
+        self.pending = 0  # frames since the last chunk
+
+    def codes(self) -> torch.Tensor:
+        parts = list(self.done)
+        if self.current:
+            parts.append(torch.stack(self.current, dim=1))
+        return torch.cat(parts, dim=1)
+
+    @property
+    def frames(self) -> int:
+        return sum(int(c.shape[1]) for c in self.done) + len(self.current)
+
+
+class LivePreview:
+    """Turns `FrameEvent` / `SegmentEvent`s into `PreviewChunk`s (see the module doc).
+
+    `codec` is the engine's codec (`FishS2.codec`); `takes` selects which takes are previewed (default: take 0);
+    `left_context_frames` is passed to `decode_stream` (None = exact).
+    """
+
+    def __init__(
+        self,
+        codec,
+        *,
+        every_frames: int | None = None,
+        takes: Sequence[int] = (0,),
+        left_context_frames: int | None = None,
+    ) -> None:
+        if every_frames is not None and (isinstance(every_frames, bool) or not isinstance(every_frames, int)
+                                         or every_frames < 1):
+            raise ParameterError(f"every_frames: must be None (per line) or an integer ≥ 1, got {every_frames!r}.")
+        self.codec = codec
+        self.every_frames = every_frames
+        self.takes = frozenset(int(t) for t in takes)
+        self.left_context_frames = left_context_frames
+        self._state: dict[int, _Take] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.codec.sample_rate)
+
+    @property
+    def frame_length(self) -> int:
+        return int(self.codec.frame_length)
+
+    def feed(self, event: FrameEvent | SegmentEvent) -> list[PreviewChunk]:
+        """Take one event; return the chunks it completes (often none)."""
+        if event.take not in self.takes:
+            return []
+        state = self._state.setdefault(event.take, _Take())
+        if isinstance(event, FrameEvent):
+            state.current.append(event.codes.reshape(-1).to("cpu", torch.long))
+            state.pending += 1
+            if self.every_frames is not None and state.pending >= self.every_frames:
+                return [self._chunk(event.take, event.segment, state, segment_done=False)]
+            return []
+        if isinstance(event, SegmentEvent):
+            # The finished segment's codes are authoritative (they equal the frames streamed).
+            state.current = []
+            state.done.append(event.result.codes.to("cpu", torch.long))
+            if state.frames * self.frame_length == state.emitted:
+                return []
+            return [self._chunk(event.take, event.segment, state, segment_done=True)]
+        raise ParameterError(f"event: expected a FrameEvent or SegmentEvent, got {type(event).__name__}.")
+
+    def _chunk(self, take: int, segment: int, state: _Take, segment_done: bool) -> PreviewChunk:
+        codes = state.codes()
+        with torch.inference_mode():
+            audio = self.codec.decode_stream(
+                codes.to(self.codec.device), state.emitted, left_context_frames=self.left_context_frames
+            )
+        audio = audio[0, 0].float().cpu()
+        chunk = PreviewChunk(take, segment, state.emitted, audio, self.sample_rate, segment_done)
+        state.emitted += int(audio.shape[-1])
+        state.pending = 0
+        return chunk
+
+
+def generate_with_preview(
+    tts,
+    text,
+    voices: Sequence = (),
+    *,
+    on_chunk: Callable[[PreviewChunk], None],
+    seed: int | None = None,
+    takes: int = 1,
+    every_frames: int | None = None,
+    preview_takes: Iterable[int] = (0,),
+    on_frame: Callable[[int], None] | None = None,
+    **options,
+) -> list[Generation]:
+    """`FishS2.generate_takes` with live preview: `on_chunk` gets each `PreviewChunk` as soon as it is decoded.
+    Returns one `Generation` per take, identical to what `generate_takes` returns for the same arguments."""
+    from .sampling import normalize_seed
+
+    seed = normalize_seed(seed)
+    preview = LivePreview(tts.codec, every_frames=every_frames, takes=tuple(preview_takes))
+    results = [Generation(seed=seed + i) for i in range(takes)]
+    done = 0
+    for event in tts.stream(text, voices, seed=seed, takes=takes, **options):
+        if isinstance(event, FrameEvent):
+            done += 1
+            if on_frame is not None:
+                on_frame(done)
+        else:
+            results[event.take].segments.append(event.result)
+        for chunk in preview.feed(event):
+            on_chunk(chunk)
+    return results

@@ -1,0 +1,76 @@
+"""Codec Decode: FISH_S2_CODES → AUDIO (float32 CPU [1, 1, T] at 44.1 kHz, the contract of core audio/video nodes)."""
+
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ._engine import engine
+from .types import CATEGORY, CodesData, FishS2Codes, FishS2Model
+
+log = logging.getLogger("fishs2")
+
+PEAK_TARGET_DB = -1.0
+
+
+def finish_waveform(waveform, gain_db: float, peak_normalize: bool):
+    """[1, T] float32 → gain / peak normalisation applied, clamped to [-1, 1], as AUDIO's [1, 1, T]."""
+    import torch
+
+    out = waveform.float()
+    if peak_normalize:
+        peak = float(out.abs().max()) if out.numel() else 0.0
+        if peak > 0:
+            out = out * (10 ** (PEAK_TARGET_DB / 20) / peak)
+    if gain_db:
+        out = out * (10 ** (gain_db / 20))
+    if out.numel() and float(out.abs().max()) > 1.0:
+        log.warning("fishs2: Decode: the audio clipped; lower gain_db or turn on peak_normalize.")
+    out = torch.clamp(out, -1.0, 1.0)
+    return out.reshape(1, 1, -1).contiguous().cpu()
+
+
+class FishS2Decode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FishS2Decode",
+            display_name="Fish S2 Codec Decode",
+            category=CATEGORY,
+            description=(
+                "Turns generated codes into audio (mono, 44.1 kHz) for Save Audio, Preview Audio or Create Video. "
+                "Changing only the options here does not re-run generation."
+            ),
+            inputs=[
+                FishS2Model.Input("model", tooltip="The model from Fish S2 Load Model (its codec decodes)."),
+                FishS2Codes.Input("codes", tooltip="From Fish S2 Dual-AR Generate."),
+                io.Float.Input(
+                    "gain_db",
+                    default=0.0,
+                    min=-24.0,
+                    max=24.0,
+                    step=0.5,
+                    tooltip="Volume change in dB, applied after peak normalisation. The result is clamped to [-1, 1].",
+                ),
+                io.Boolean.Input(
+                    "peak_normalize",
+                    default=False,
+                    tooltip=f"Scale the audio so its loudest sample is at {PEAK_TARGET_DB:g} dBFS.",
+                ),
+            ],
+            outputs=[io.Audio.Output(display_name="audio", tooltip="Mono float32 audio at 44.1 kHz.")],
+        )
+
+    @classmethod
+    def execute(cls, model, codes, gain_db, peak_normalize) -> io.NodeOutput:
+        CodesError = engine("errors").CodesError
+
+        if not isinstance(codes, CodesData):
+            raise CodesError("codes: connect the output of Fish S2 Dual-AR Generate.")
+        if not codes.generation.segments or codes.total_frames == 0:
+            raise CodesError("codes: the generation holds no frames; generate again with another seed or text.")
+        model.use_codec(frames=codes.total_frames)
+        waveform = model.tts.decode(codes.generation.codes)
+        audio = {"waveform": finish_waveform(waveform, gain_db, peak_normalize), "sample_rate": model.sample_rate}
+        return io.NodeOutput(audio)

@@ -1,0 +1,128 @@
+"""FISH_S2_MODEL: the loaded engine wrapped in ComfyUI ModelPatchers, so ComfyUI's model management moves it to
+the GPU when a node needs it and can offload it when another model (e.g. a video model) needs the memory.
+
+Imported lazily from `execute` only: this module imports torch and ComfyUI's model management.
+The LLM and the codec are two patchers: Generate loads the LLM, the voice encoder and Decode load the codec.
+Both are loaded whole (`force_full_load`): their layers are plain torch modules, not ComfyUI's cast-on-the-fly
+ops, so a partial (lowvram) load would leave some layers on the CPU. Eviction still works: when another model
+needs the memory, ComfyUI detaches ours back to the offload device.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+import comfy.model_management as mm
+from comfy.model_patcher import ModelPatcher
+
+from ._engine import engine
+
+log = logging.getLogger("fishs2")
+
+ATTENTION = ("fast", "official")
+
+
+class _Holder(nn.Module):
+    """A plain container ComfyUI may annotate (it sets `device` and bookkeeping attributes on the patched module;
+    the engine's modules derive their device from their weights and must not be written to)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        first = next(inner.parameters(), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+
+
+class FishS2Handle:
+    """What travels on FISH_S2_MODEL: the engine object plus one ModelPatcher per sub-model.
+
+    The executor caches the loader's output, so every downstream node shares this one object; nothing is kept in
+    module globals. Dropping the loader node (or changing its inputs) frees it.
+    """
+
+    def __init__(self, tts, source: str, dtype_name: str, attention: str = "fast"):
+        self.tts = tts
+        self.source = source
+        self.dtype_name = dtype_name
+        self.attention = attention
+        load_device = mm.get_torch_device()
+        self.llm_patcher = ModelPatcher(_Holder(tts.model), load_device=load_device, offload_device=mm.unet_offload_device())
+        self.codec_patcher = ModelPatcher(_Holder(tts.codec), load_device=load_device, offload_device=mm.vae_offload_device())
+
+    def __repr__(self) -> str:
+        return f"FishS2Handle({self.source!r}, dtype={self.dtype_name}, attention={self.attention}, device={self.tts.device})"
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.tts.sample_rate)
+
+    @property
+    def attention_mode(self):
+        """The engine's AttentionMode for the chosen attention option."""
+        AttentionMode = engine("model").AttentionMode
+        return AttentionMode.official() if self.attention == "official" else AttentionMode()
+
+    def llm_extra_bytes(self, max_frames: int, prompt_len: int) -> int:
+        """Bytes beyond the LLM weights that a generation of `max_frames` needs: KV cache + activations."""
+        config = self.tts.config
+        positions = prompt_len + max_frames
+        if self.attention == "official":
+            positions = config.max_seq_len  # the official formulation preallocates the whole context
+        estimate = engine("memory").estimate_memory(
+            config, min(positions, config.max_seq_len), prompt=min(prompt_len, config.max_seq_len),
+            dtype=self.tts.dtype, codec_window_frames=None,
+        )
+        return int(estimate.kv_cache + estimate.activations)
+
+    def use_llm(self, max_frames: int, prompt_len: int) -> None:
+        """Put the LLM on ComfyUI's compute device, reserving room for the KV cache of this request."""
+        mm.load_models_gpu([self.llm_patcher], memory_required=self.llm_extra_bytes(max_frames, prompt_len),
+                           force_full_load=True)
+
+    def use_codec(self, frames: int = 0) -> None:
+        """Put the codec on ComfyUI's compute device (activations scale with the clip length in frames)."""
+        per_frame = 2048 * 4 * 64  # generous: float32 activations of a 64-channel stack per output sample
+        mm.load_models_gpu([self.codec_patcher], memory_required=int(frames) * per_frame, force_full_load=True)
+
+
+def resolve_dtype(name: str, device: torch.device):
+    """"auto" → what ComfyUI recommends for the compute device (bf16, else fp16, else fp32)."""
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    if name in table:
+        return table[name]
+    if name != "auto":
+        raise ValueError(f"dtype: {name!r} is not one of auto, bf16, fp16, fp32.")
+    if device.type == "cpu":
+        return torch.float32
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+def load_handle(source: str, dtype_name: str, attention: str = "fast", models_dir: str | None = None,
+                models_root=None) -> FishS2Handle:
+    """Load a checkpoint directory or hub id onto ComfyUI's offload device; download progress goes to the UI."""
+    import comfy.utils
+
+    FishS2 = engine("pipeline").FishS2
+
+    dtype = resolve_dtype(dtype_name, mm.get_torch_device())
+    bar = comfy.utils.ProgressBar(100)
+    megabyte = 1 << 20
+
+    def progress(done: int, total: int) -> None:
+        if total > 0:
+            bar.update_absolute(max(0, min(done, total)) // megabyte, max(1, total // megabyte))
+        mm.throw_exception_if_processing_interrupted()
+
+    if attention not in ATTENTION:
+        raise ValueError(f"attention: {attention!r} is not one of {', '.join(ATTENTION)}.")
+    tts = FishS2.from_pretrained(source, device=mm.unet_offload_device(), dtype=dtype, models_dir=models_dir,
+                                 progress=progress, models_root=models_root)
+    log.info("fishs2: loaded %s (%s, %s attention) on %s", source, dtype, attention, tts.device)
+    return FishS2Handle(tts, source, dtype_name, attention)

@@ -1,0 +1,272 @@
+"""Integration with a real ComfyUI checkout: set `COMFYUI_DIR` and run with that ComfyUI's Python, e.g.
+
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/test_comfyui_server.py -s
+
+Starts ComfyUI on loopback (`--cpu`) with this pack in custom_nodes/fishs2 and the tiny checkpoint in
+models/fish_s2/s2-pro, checks /object_info, runs every shipped API-format workflow through /prompt + /history and
+checks the audio/video files, checks the executor's caching of the Fish S2 stages, then loads every UI-format
+workflow in headless Chromium (no missing nodes, no console errors, the UI graph converts to the shipped API
+prompt) and saves a screenshot of the dialogue workflow to docs/images/.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from .comfyui import browser
+from .comfyui.harness import REPO
+from .comfyui.server import ComfyServer, cached_nodes
+from .comfyui.workflow_specs import DUBBING_FPS, DUBBING_FRAMES, GEN, LIBRARY_VOICE, WORKFLOWS
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these")]
+
+NODE_IDS = ["FishS2LoadModel", "FishS2EncodeVoice", "FishS2SaveVoice", "FishS2LoadVoice", "FishS2TaggedText",
+            "FishS2DialogueAssembler", "FishS2Generate", "FishS2Decode"]
+WORKFLOW_DIR = REPO / "workflows"
+SCREENSHOT = REPO / "docs" / "images" / "fishs2_dialogue_workflow.png"
+RESULTS: dict[str, dict] = {}
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = ComfyServer(COMFYUI_DIR, tmp_path_factory.mktemp("comfyui-base"))
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+        print(f"\n[fishs2] ComfyUI log: {srv.log_path}")
+
+
+def api_workflow(stem: str) -> dict:
+    return json.loads((WORKFLOW_DIR / "api" / f"{stem}.json").read_text(encoding="utf-8"))
+
+
+def test_version_and_pack_loaded(server):
+    log = server.log()
+    version = re.search(r"ComfyUI version: (\S+)", log).group(1)
+    m = re.search(r"^\s*([\d.]+) seconds(?: \(IMPORT FAILED\))?: \S*custom_nodes[/\\]fishs2$", log, re.M)
+    assert m and "IMPORT FAILED" not in m.group(0), log[-3000:]
+    print(f"\n[fishs2] ComfyUI {version}; pack import time reported by ComfyUI: {m.group(1)} s")
+
+
+def test_object_info_lists_every_node(server):
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert node_id in info, node_id
+        node = info[node_id]
+        assert node["category"] == "audio/Fish S2 Pro"
+        for section in ("required", "optional"):
+            for name, spec in node["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name}"
+    assert info["FishS2LoadModel"]["input"]["required"]["checkpoint"][1]["options"][0] == "s2-pro"
+    assert info["FishS2Generate"]["input"]["required"]["seed"][1]["control_after_generate"] is True
+    assert info["FishS2DialogueAssembler"]["input"]["required"]["script"][1]["dynamicPrompts"] is False
+
+
+def check_audio(path: Path, max_frames: int) -> float:
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    assert rate == 44100 and data.shape[1] == 1, (rate, data.shape)
+    n = data.shape[0]
+    assert n % 2048 == 0 and 1 <= n // 2048 <= max_frames, n  # whole codec frames, within the frame budget
+    return n / rate
+
+
+def check_video(path: Path) -> tuple[float, float]:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        assert frames == DUBBING_FRAMES
+        assert audio.rate == 44100
+        seconds = float(container.duration / av.time_base)
+    return frames / DUBBING_FPS, seconds
+
+
+@pytest.mark.parametrize("stem", list(WORKFLOWS))
+def test_every_shipped_workflow_runs(server, stem):
+    t0 = time.perf_counter()
+    entry = server.run(api_workflow(stem))
+    TIMINGS[stem] = time.perf_counter() - t0
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    RESULTS[stem] = entry
+    outputs = entry["outputs"]
+    if stem == "fishs2_voice_library_save":
+        assert outputs["4"]["text"] == [f"saved voice '{LIBRARY_VOICE}'"]
+        assert (server.base / "models" / "fish_s2" / "voices" / f"{LIBRARY_VOICE}.safetensors").is_file()
+    elif stem == "fishs2_dubbing_video":
+        (item,) = outputs["10"]["images"]
+        expected, seconds = check_video(server.output_file(item))
+        assert abs(seconds - expected) < 0.2, (seconds, expected)
+    else:
+        (save_id,) = [k for k, v in api_workflow(stem).items() if v["class_type"] == "SaveAudio"]
+        (item,) = outputs[save_id]["audio"]
+        seconds = check_audio(server.output_file(item), GEN["max_frames"])
+        print(f"[fishs2] {stem}: {seconds:.2f} s of audio in {TIMINGS[stem]:.1f} s")
+
+
+def test_changing_only_decode_options_does_not_regenerate(server):
+    stem = "fishs2_dialogue"
+    prompt = api_workflow(stem)
+    # ComfyUI's cache holds one result per node id, so run the workflow itself right before the changed one.
+    assert server.run(prompt)["status"]["status_str"] == "success"
+    generated_before = server.log().count("fishs2: generated")
+    encoded_before = server.log().count("fishs2: encoding reference audio")
+    changed = copy.deepcopy(prompt)
+    changed["8"]["inputs"]["gain_db"] = -3.0
+    changed["8"]["inputs"]["peak_normalize"] = True
+    entry = server.run(changed)
+    assert entry["status"]["status_str"] == "success"
+    cached = cached_nodes(entry)
+    assert {"1", "4", "5", "6", "7"} <= cached, cached  # model, encoders, assembler and generate: reused
+    assert "8" not in cached and "9" not in cached  # decode and save ran again
+    assert server.log().count("fishs2: generated") == generated_before
+    assert server.log().count("fishs2: encoding reference audio") == encoded_before
+
+
+def test_loading_a_saved_voice_does_not_run_the_encoder(server):
+    assert server.run(api_workflow("fishs2_voice_library_save"))["status"]["status_str"] == "success"
+    prompt = api_workflow("fishs2_voice_library_reuse")
+    prompt["4"]["inputs"]["seed"] = 4242  # force a fresh generation, so the graph really executes
+    encoded_before = server.log().count("fishs2: encoding reference audio")
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success"
+    assert server.log().count("fishs2: encoding reference audio") == encoded_before
+    assert not any(v["class_type"] == "FishS2EncodeVoice" for v in prompt.values())
+
+
+def test_a_changed_seed_regenerates(server):
+    prompt = api_workflow("fishs2_text_to_speech")
+    before = server.log().count("fishs2: generated")
+    prompt["3"]["inputs"]["seed"] = 123456
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success" and "3" not in cached_nodes(entry)
+    assert server.log().count("fishs2: generated") == before + 1
+
+
+def test_bad_script_reports_a_clear_error(server):
+    prompt = api_workflow("fishs2_text_to_speech")
+    prompt["2"]["inputs"]["text"] = "unbalanced [whisper"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    errors = [d for kind, d in entry["status"]["messages"] if kind == "execution_error"]
+    assert errors and errors[0]["node_type"] == "FishS2TaggedText"
+    assert errors[0]["exception_message"].startswith("text: the tag '[' opened at line 1, column 12 is never closed")
+
+
+UI_CHECK_JS = """async ([wf, name]) => {
+  const app = window.app;
+  await app.loadGraphData(wf, true, true, name);
+  await new Promise(r => setTimeout(r, 300));
+  const g = app.graph;
+  const missing = wf.nodes.map(n => n.type).filter(t => !window.LiteGraph.registered_node_types[t]);
+  const prompt = (await app.graphToPrompt()).output;
+  for (const k of Object.keys(prompt)) delete prompt[k]._meta;
+  const d = g._nodes.find(n => n.comfyClass === 'FishS2DialogueAssembler');
+  const t = g._nodes.find(n => n.comfyClass === 'FishS2TaggedText' || n.comfyClass === 'FishS2DialogueAssembler');
+  const w = t && t.widgets.find(x => x.name === 'script' || x.name === 'text');
+  const ta = w && (w.inputEl ?? w.element);
+  const toasts = [...document.querySelectorAll('.p-toast-message')].map(e => e.textContent.trim());
+  return { missing, prompt, nodes: g._nodes.length, toasts,
+           highlighted: ta ? (ta.fishs2Highlighter?.content.innerHTML ?? null) : undefined,
+           warnings: d ? d.fishs2Warnings : null };
+}"""
+
+WARNING_JS = """async () => {
+  const g = window.app.graph;
+  const d = g._nodes.find(n => n.comfyClass === 'FishS2DialogueAssembler');
+  const w = d.widgets.find(x => x.name === 'script');
+  const ta = w.inputEl ?? w.element;
+  const old = ta.value;
+  ta.value = old + "\\nCarol: And who am I?";
+  ta.dispatchEvent(new Event('input', { bubbles: true }));
+  const warnings = [...d.fishs2Warnings];
+  ta.value = old + "\\n[laugh";
+  ta.dispatchEvent(new Event('input', { bubbles: true }));
+  const bad = ta.fishs2Highlighter.content.innerHTML;
+  ta.value = old;
+  ta.dispatchEvent(new Event('input', { bubbles: true }));
+  ta.focus();
+  ta.setSelectionRange(old.length, old.length);
+  document.execCommand('insertText', false, ' [whi');
+  await new Promise(r => setTimeout(r, 100));
+  const popup = document.querySelector('.fishs2-complete');
+  const suggestions = popup ? [...popup.children].map(c => c.textContent) : [];
+  ta.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
+  const completed = ta.value.endsWith(' [whisper]');
+  ta.value = old;
+  ta.dispatchEvent(new Event('input', { bubbles: true }));
+  return { warnings, after: [...d.fishs2Warnings], bad, suggestions, completed };
+}"""
+
+
+def normalise_prompt(prompt: dict, info: dict) -> dict:
+    """class_type + the inputs the node declares (the frontend also sends view-only widgets such as audioUI)."""
+
+    def declared(cls: str) -> set:
+        spec = info[cls]["input"]
+        return {*spec.get("required", {}), *spec.get("optional", {})}
+
+    return {
+        k: {"class_type": v["class_type"], "inputs": {n: x for n, x in v["inputs"].items() if n in declared(v["class_type"])}}
+        for k, v in prompt.items()
+    }
+
+
+def test_ui_workflows_load_in_headless_chromium(server):
+    pytest.importorskip("playwright")
+    if not browser.chromium_path():
+        pytest.skip("no chromium on this machine")
+    info = server.get("/object_info")
+    server.post_json("/settings/Comfy.TutorialCompleted", True)  # no first-run template browser over the canvas
+    server.post_json("/settings/Comfy.Minimap.Visible", False)
+    with browser.browser_page(server.url, viewport=(1700, 950)) as page:
+        for stem in WORKFLOWS:
+            wf = json.loads((WORKFLOW_DIR / f"{stem}.json").read_text(encoding="utf-8"))
+            result = page.evaluate(UI_CHECK_JS, [wf, stem])
+            assert result["missing"] == [], (stem, result["missing"])
+            assert result["toasts"] == [], (stem, result["toasts"])  # e.g. "Invalid workflow against zod schema"
+            assert normalise_prompt(result["prompt"], info) == normalise_prompt(api_workflow(stem), info), stem
+            if result["highlighted"] is not None:
+                assert '<mark class="fishs2-tag">' in result["highlighted"], stem
+            if stem == "fishs2_dialogue":
+                assert result["warnings"] == []
+                assert '<mark class="fishs2-speaker">Alice:</mark>' in result["highlighted"]
+                checks = page.evaluate(WARNING_JS)
+                assert checks["warnings"] == ["'Carol' has no voice: connect another voice"], checks
+                assert checks["after"] == []
+                assert '<mark class="fishs2-bad">[</mark>' in checks["bad"]
+                assert checks["suggestions"][:1] == ["whisper"] and checks["completed"], checks
+                page.evaluate("() => { document.activeElement?.blur?.(); window.app.canvas.deselectAll?.(); window.app.canvas.ds.offset = [120, 150]; window.app.canvas.ds.scale = 0.62; window.app.graph.setDirtyCanvas(true, true); }")
+                page.page.wait_for_timeout(500)
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                page.page.screenshot(path=str(SCREENSHOT))
+        assert page.page_errors == [], page.page_errors
+        assert page.unexpected_failures() == [], [d for d in page.failure_details if any(d.endswith(u) for u in page.unexpected_failures())]
+        assert page.unexpected_console_errors() == [], page.unexpected_console_errors()
+    print(f"\n[fishs2] screenshot: {SCREENSHOT}")
+
+
+def test_workflow_templates_are_served(server):
+    templates = server.get("/workflow_templates")
+    assert sorted(templates.get("fishs2", [])) == sorted(WORKFLOWS)
+    wf = server.get("/api/workflow_templates/fishs2/fishs2_dialogue.json")
+    assert wf["nodes"] and wf["version"] == 0.4
+
+
+def test_report_timings():
+    for stem, seconds in TIMINGS.items():
+        print(f"[fishs2] workflow {stem}: {seconds:.1f} s")
