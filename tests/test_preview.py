@@ -97,3 +97,18 @@ def test_websocket_message_carries_a_playable_chunk(tiny_tts):
     assert message["samples"] % 2048 == 0 and 0 < message["samples"] <= 3 * 2048
     failing = live.make_sender("17", send_sync=lambda event, data: 1 / 0)
     generate_with_preview(tiny_tts, "Hello there.", seed=4, max_frames=2, on_chunk=failing)  # never raises
+
+
+def test_an_exception_in_on_chunk_stops_generation_and_the_model_stays_usable(tiny_tts):
+    class Cancel(Exception):
+        pass
+
+    def cancel(chunk):
+        raise Cancel
+
+    with pytest.raises(Cancel):
+        generate_with_preview(tiny_tts, TEXT, seed=9, on_chunk=cancel, every_frames=1, **OPTIONS)
+    again = generate_with_preview(tiny_tts, TEXT, seed=9, on_chunk=lambda c: None, **OPTIONS)
+    assert torch.equal(again[0].codes, tiny_tts.generate(TEXT, seed=9, **OPTIONS).codes)
+    with pytest.raises(ParameterError, match="^seed="):
+        generate_with_preview(tiny_tts, TEXT, seed="x", on_chunk=lambda c: None, **OPTIONS)
