@@ -217,9 +217,9 @@ def mid_model(dtype: torch.dtype, device: torch.device, cache: Path) -> DualAR:
     return load_model(directory, config, dtype, device)
 
 
-def real_model(dtype: torch.dtype, device: torch.device) -> DualAR:
-    """The real architecture (4.56 B parameters) with random weights, built directly on the device."""
-    raw = json.loads(REAL_CONFIG.read_text())
+def real_model(dtype: torch.dtype, device: torch.device, config_path: Path = REAL_CONFIG) -> DualAR:
+    """The real architecture (4.56 B parameters; or any config.json) with random weights, built on the device."""
+    raw = json.loads(config_path.read_text())
     config = ModelConfig.from_dict(raw.get("config", raw))
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -250,6 +250,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp32 on the CPU, bf16 on GPUs")
     parser.add_argument("--real", action="store_true", help="the real architecture instead of the mid-size model")
+    parser.add_argument("--config", type=Path, default=REAL_CONFIG, help="config.json that --real builds")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt", type=int, default=100, help="prompt positions of the decode runs")
     parser.add_argument("--frames", type=int, default=32, help="frames per decode run")
@@ -268,12 +269,13 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
-    model = real_model(dtype, device) if args.real else mid_model(dtype, device, args.cache)
+    model = real_model(dtype, device, args.config) if args.real else mid_model(dtype, device, args.cache)
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     prompt = random_prompt(cfg, args.prompt)
     peak_gbs, peak_source = peak_bandwidth(device)
-    lines = [f"# fishs2 bench — {'real architecture' if args.real else 'mid-size model'}, {dtype_name}, {device.type}", "",
+    title = ("real architecture" if args.config == REAL_CONFIG else str(args.config)) if args.real else "mid-size model"
+    lines = [f"# fishs2 bench — {title}, {dtype_name}, {device.type}", "",
              f"- machine: {machine(device, args.threads)}",
              f"- model: {params / 1e6:.1f} M parameters (slow dim {cfg.slow.dim} × {cfg.slow.n_layer} layers, fast "
              f"{cfg.fast.n_layer} layers, {cfg.slow.n_head}/{cfg.slow.n_local_heads} heads × {cfg.slow.head_dim}, "
@@ -293,7 +295,8 @@ def main() -> None:
         paths["fishs2 static step (CUDA-graph code, eager)"] = (model, {"static": True})
     quantized = None
     if not args.no_int8:
-        quantized = quantize_int8(real_model(dtype, device) if args.real else mid_model(dtype, device, args.cache))
+        quantized = quantize_int8(real_model(dtype, device, args.config) if args.real
+                                  else mid_model(dtype, device, args.cache))
         paths["fishs2 int8"] = (quantized, {"cuda_graph": True} if device.type == "cuda" else {})
     runs = {name: [] for name in paths}
     for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike

@@ -125,6 +125,12 @@ def normalize_text(text: str, input_name: str = "text") -> str:
         raise TextError(f"{input_name}: expected text (a string), got {type(text).__name__}.")
     text = text.replace("\r\n", "\n").translate(_NEWLINES)
     for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cs":
+            line, column = _where(text, i)
+            raise TextError(
+                f"{input_name}: invalid unicode (a lone surrogate U+{ord(ch):04X}) at line {line}, column {column}; "
+                "delete it or re-copy the text from its source."
+            )
         if ch != "\n" and unicodedata.category(ch) == "Cc":
             line, column = _where(text, i)
             raise TextError(
@@ -206,9 +212,10 @@ def strip_tags(text: str) -> str:
 def _require_words(text: str, input_name: str) -> None:
     if not text.strip():
         raise TextError(f"{input_name}: the text is empty; type the words to speak.")
-    if not strip_tags(text).replace(ZWSP, "").strip():
+    if not "".join(ch for ch in strip_tags(text) if unicodedata.category(ch) not in ("Cf", "Cc", "Cs")).strip():
         raise TextError(
-            f"{input_name}: the text holds only [tags] and no words to speak; add the words the tags apply to "
+            f"{input_name}: the text holds only [tags] (or invisible characters) and no words to speak; "
+            "add the words the tags apply to "
             "(e.g. '[whisper] come closer')."
         )
 

@@ -40,7 +40,8 @@ class FishS2Decode(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Turns generated codes into audio (mono, 44.1 kHz) for Save Audio, Preview Audio or Create Video. "
-                "Changing only the options here does not re-run generation."
+                "Changing only the options here does not re-run generation. Codes with several takes give an "
+                "AUDIO batch (one item per take, shorter takes padded with silence); Fish S2 Pick Take picks one."
             ),
             inputs=[
                 FishS2Model.Input("model", tooltip="The model from Fish S2 Load Model (its codec decodes)."),
@@ -59,7 +60,12 @@ class FishS2Decode(io.ComfyNode):
                     tooltip=f"Scale the audio so its loudest sample is at {PEAK_TARGET_DB:g} dBFS.",
                 ),
             ],
-            outputs=[io.Audio.Output(display_name="audio", tooltip="Mono float32 audio at 44.1 kHz.")],
+            outputs=[
+                io.Audio.Output(
+                    display_name="audio",
+                    tooltip="Mono float32 audio at 44.1 kHz; a batch with one item per take when the codes hold several.",
+                )
+            ],
         )
 
     @classmethod
@@ -70,7 +76,19 @@ class FishS2Decode(io.ComfyNode):
             raise CodesError("codes: connect the output of Fish S2 Dual-AR Generate.")
         if not codes.generation.segments or codes.total_frames == 0:
             raise CodesError("codes: the generation holds no frames; generate again with another seed or text.")
-        model.use_codec(frames=codes.total_frames)
-        waveform = model.tts.decode(codes.generation.codes)
-        audio = {"waveform": finish_waveform(waveform, gain_db, peak_normalize), "sample_rate": model.sample_rate}
-        return io.NodeOutput(audio)
+        takes = tuple(getattr(codes, "takes", ()) or ()) or (codes.generation,)
+        if len(takes) == 1:
+            model.use_codec(frames=codes.total_frames)
+            waveform = model.tts.decode(takes[0].codes)
+            audio = {"waveform": finish_waveform(waveform, gain_db, peak_normalize), "sample_rate": model.sample_rate}
+            return io.NodeOutput(audio)
+        from .takes import audio_batch
+
+        empty = [i for i, t in enumerate(takes) if not t.segments or int(t.codes.shape[-1]) == 0]
+        if empty:
+            raise CodesError(f"codes: take(s) {', '.join(map(str, empty))} hold no frames; generate again with another seed.")
+        model.use_codec(frames=max(int(t.codes.shape[-1]) for t in takes))
+        # Each take on its own (gain / peak normalisation per take), then padded to the longest in one batch.
+        clips = [finish_waveform(model.tts.decode(t.codes), gain_db, peak_normalize)[0] for t in takes]
+        log.info("fishs2: decoded %d takes (%s frames)", len(takes), ", ".join(str(int(t.codes.shape[-1])) for t in takes))
+        return io.NodeOutput(audio_batch(clips, model.sample_rate))

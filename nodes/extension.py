@@ -42,9 +42,14 @@ def install_example_media() -> list[str]:
 class FishS2Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         from .decode import FishS2Decode
+        from .fit import FishS2FitAudio
         from .generate import FishS2Generate
+        from .mix import FishS2MixStems
         from .model_loader import FishS2LoadModel
         from .script import FishS2DialogueAssembler, FishS2TaggedText
+        from .script_file import FishS2LoadScriptFile
+        from .takes import FishS2PickTake, FishS2PickTakeCodes
+        from .timeline import FishS2SaveSubtitles, FishS2Subtitles, FishS2Timeline
         from .voice import FishS2EncodeVoice, FishS2LoadVoice, FishS2SaveVoice
 
         return [
@@ -54,8 +59,16 @@ class FishS2Extension(ComfyExtension):
             FishS2LoadVoice,
             FishS2TaggedText,
             FishS2DialogueAssembler,
+            FishS2LoadScriptFile,
             FishS2Generate,
+            FishS2PickTakeCodes,
             FishS2Decode,
+            FishS2PickTake,
+            FishS2Timeline,
+            FishS2MixStems,
+            FishS2FitAudio,
+            FishS2Subtitles,
+            FishS2SaveSubtitles,
         ]
 
 

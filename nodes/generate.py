@@ -12,6 +12,10 @@ from .types import CATEGORY, CodesData, FishS2Codes, FishS2Model, FishS2Script, 
 log = logging.getLogger("fishs2")
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_TAKES = 16
+# Live preview: a chunk of take 0 every this many frames (about 2 s of audio; 21.5 frames = 1 s) and at the end of
+# each line, so even a single long line is heard while it is generated.
+PREVIEW_EVERY_FRAMES = 43
 
 
 def prompt_length_estimate(script: ScriptData, voices) -> int:
@@ -30,7 +34,9 @@ class FishS2Generate(io.ComfyNode):
             category=CATEGORY,
             description=(
                 "Generates speech codes for a script. The same inputs and seed give the same codes, so ComfyUI "
-                "reuses the result until something here changes. Cancel stops within one frame."
+                "reuses the result until something here changes. Cancel stops within one frame. With takes > 1 it "
+                "generates several takes at once (seeds seed, seed+1, ...); with live_preview the node plays the "
+                "audio while it is generated."
             ),
             inputs=[
                 FishS2Model.Input("model", tooltip="The model from Fish S2 Load Model."),
@@ -91,24 +97,51 @@ class FishS2Generate(io.ComfyNode):
                     max=100000,
                     tooltip=(
                         "Dialogue turns are generated in batches of up to this many UTF-8 bytes (and 5 turns); "
-                        "each batch continues from the previous one's audio."
+                        "each batch continues from the previous one's audio. Set it to 1 for one segment per turn "
+                        "(per-line timing, subtitles and stems)."
+                    ),
+                ),
+                io.Int.Input(
+                    "takes",
+                    default=1,
+                    min=1,
+                    max=MAX_TAKES,
+                    tooltip=(
+                        "How many takes to generate in one run, with seeds seed, seed+1, ... (take i = seed + i). "
+                        "They are generated as one batch (faster than separate runs; memory grows with each take). "
+                        "Codec Decode outputs them as an AUDIO batch; pick one with Fish S2 Pick Take."
+                    ),
+                ),
+                io.Boolean.Input(
+                    "live_preview",
+                    default=True,
+                    tooltip=(
+                        "Play the first take on this node while it is generated (about every 2 s of audio and at the "
+                        "end of each line). The generated codes are the same either way; off saves the decoding work."
                     ),
                 ),
             ],
             outputs=[
-                FishS2Codes.Output(display_name="codes", tooltip="Generated codes per segment, for Fish S2 Codec Decode."),
+                FishS2Codes.Output(
+                    display_name="codes",
+                    tooltip="Generated codes per segment (all takes), for Fish S2 Codec Decode, Timeline or Mix & Stems.",
+                ),
             ],
+            hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, script, seed, temperature, top_p, top_k, max_frames, chunk_length, voice=None) -> io.NodeOutput:
+    def execute(cls, model, script, seed, temperature, top_p, top_k, max_frames, chunk_length, takes=1,
+                live_preview=True, voice=None) -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
-        TextError = engine("errors").TextError
+        errors = engine("errors")
 
         if not isinstance(script, ScriptData):
-            raise TextError("script: connect a Fish S2 Tagged Text or Fish S2 Dialogue Assembler node.")
+            raise errors.TextError("script: connect a Fish S2 Tagged Text or Fish S2 Dialogue Assembler node.")
+        if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+            raise errors.ParameterError(f"takes: {takes!r} must be a whole number from 1 to {MAX_TAKES}.")
         if script.voices:
             voices = list(script.voices)
             if voice is not None:
@@ -117,7 +150,7 @@ class FishS2Generate(io.ComfyNode):
             voices = [voice] if voice is not None else []
         tts = model.tts
         batches, _ = tts.plan(list(script.turns), voices, chunk_length)
-        total = max_frames * len(batches)
+        total = max_frames * len(batches) * takes
         bar = comfy.utils.ProgressBar(total)
         frames = [0]
 
@@ -126,30 +159,36 @@ class FishS2Generate(io.ComfyNode):
             bar.update_absolute(min(done, total), total)
             mm.throw_exception_if_processing_interrupted()
 
-        model.use_llm(max_frames, prompt_length_estimate(script, voices))
-        generation = tts.generate(
-            list(script.turns),
-            voices,
-            seed=seed,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            max_frames=max_frames,
-            chunk_length=chunk_length,
-            on_frame=on_frame,
-            mode=model.attention_mode,
-        )
-        bar.update_absolute(total, total)
-        cut = [i for i, s in enumerate(generation.segments) if s.hit_frame_limit]
-        if cut:
-            log.warning(
-                "fishs2: Generate: segment(s) %s reached max_frames=%d and were cut; raise max_frames or lower "
-                "chunk_length.", ", ".join(str(i + 1) for i in cut), max_frames,
+        options = dict(temperature=temperature, top_p=top_p, top_k=top_k, max_frames=max_frames,
+                       chunk_length=chunk_length, mode=model.attention_mode)
+        preview = live_preview and cls.hidden is not None and cls.hidden.unique_id is not None
+        model.use_llm(max_frames, prompt_length_estimate(script, voices), takes=takes,
+                      preview_frames=4 * PREVIEW_EVERY_FRAMES if preview else 0)
+        if preview:
+            from .live_preview import current_prompt_id, make_sender
+
+            results = engine("preview").generate_with_preview(
+                tts, list(script.turns), voices,
+                on_chunk=make_sender(cls.hidden.unique_id, prompt_id=current_prompt_id()),
+                seed=seed, takes=takes, every_frames=PREVIEW_EVERY_FRAMES, on_frame=on_frame, **options,
             )
-        log.info("fishs2: generated %d frames in %d segment(s), seed %d", frames[0], len(generation.segments), seed)
+        else:
+            results = tts.generate_takes(list(script.turns), voices, seed=seed, takes=takes, on_frame=on_frame,
+                                         **options)
+        bar.update_absolute(total, total)
+        for t, generation in enumerate(results):
+            cut = [i for i, s in enumerate(generation.segments) if s.hit_frame_limit]
+            if cut:
+                log.warning(
+                    "fishs2: Generate: %ssegment(s) %s reached max_frames=%d and were cut; raise max_frames or lower "
+                    "chunk_length.", f"take {t} (seed {generation.seed}): " if takes > 1 else "",
+                    ", ".join(str(i + 1) for i in cut), max_frames,
+                )
+        log.info("fishs2: generated %d frames in %d segment(s) x %d take(s), seed %d%s", frames[0],
+                 len(results[0].segments), takes, seed, " (live preview)" if preview else "")
         return io.NodeOutput(
             CodesData(
-                generation=generation,
+                generation=results[0],
                 turns=script.turns,
                 speaker_names=script.speaker_names,
                 voice_names=tuple(getattr(v, "name", "") for v in voices),
@@ -160,6 +199,8 @@ class FishS2Generate(io.ComfyNode):
                     "top_k": top_k,
                     "max_frames": max_frames,
                     "chunk_length": chunk_length,
+                    "takes": takes,
                 },
+                takes=tuple(results),
             )
         )

@@ -33,17 +33,33 @@ def chunk_message(node_id: str, chunk, prompt_id: str | None = None) -> dict:
     }
 
 
+def current_prompt_id() -> str | None:
+    """The id of the prompt being executed (ComfyUI's executing context), or None outside an execution."""
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+    except Exception:
+        return None
+    return getattr(context, "prompt_id", None) if context is not None else None
+
+
 def make_sender(node_id: str, prompt_id: str | None = None, send_sync: Callable | None = None) -> Callable:
     """A callback for `generate_with_preview(on_chunk=...)` that sends each chunk as an `EVENT` message.
 
-    `send_sync` defaults to ComfyUI's `PromptServer.instance.send_sync`; without a running server (headless
-    scripts, tests) the chunks are dropped with one debug log line, and generation is unaffected either way.
+    `send_sync` defaults to ComfyUI's `PromptServer.instance.send_sync`, addressed like core's progress messages
+    to the browser that queued the prompt (`client_id`; every browser when the prompt came without one). Without
+    a running server (headless scripts, tests) the chunks are dropped with one debug log line, and generation is
+    unaffected either way.
     """
     if send_sync is None:
         try:
             from server import PromptServer
 
-            send_sync = PromptServer.instance.send_sync
+            server = PromptServer.instance
+
+            def send_sync(event, data, _server=server):
+                _server.send_sync(event, data, getattr(_server, "client_id", None))
         except Exception as exc:  # no server: nothing to send to
             log.debug("fishs2: live preview off (no ComfyUI server: %s)", exc)
             return lambda chunk: None

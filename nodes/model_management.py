@@ -77,15 +77,26 @@ class FishS2Handle:
         )
         return int(estimate.kv_cache + estimate.activations)
 
-    def use_llm(self, max_frames: int, prompt_len: int) -> None:
-        """Put the LLM on ComfyUI's compute device, reserving room for the KV cache of this request."""
-        mm.load_models_gpu([self.llm_patcher], memory_required=self.llm_extra_bytes(max_frames, prompt_len),
-                           force_full_load=True)
+    def use_llm(self, max_frames: int, prompt_len: int, takes: int = 1, preview_frames: int = 0) -> None:
+        """Put the LLM on ComfyUI's compute device, reserving room for the KV cache of this request (one cache per
+        take: takes are generated as one batch). With `preview_frames` (live preview) the codec is loaded in the
+        same call, with room to decode that many frames at once, so loading one never evicts the other."""
+        models = [self.llm_patcher]
+        required = self.llm_extra_bytes(max_frames, prompt_len) * max(1, int(takes))
+        if preview_frames:
+            models.append(self.codec_patcher)
+            required += self.codec_extra_bytes(preview_frames)
+        mm.load_models_gpu(models, memory_required=required, force_full_load=True)
+
+    @staticmethod
+    def codec_extra_bytes(frames: int) -> int:
+        """Bytes of codec activations for decoding `frames` frames at once."""
+        per_frame = 2048 * 4 * 64  # generous: float32 activations of a 64-channel stack per output sample
+        return int(frames) * per_frame
 
     def use_codec(self, frames: int = 0) -> None:
         """Put the codec on ComfyUI's compute device (activations scale with the clip length in frames)."""
-        per_frame = 2048 * 4 * 64  # generous: float32 activations of a 64-channel stack per output sample
-        mm.load_models_gpu([self.codec_patcher], memory_required=int(frames) * per_frame, force_full_load=True)
+        mm.load_models_gpu([self.codec_patcher], memory_required=self.codec_extra_bytes(frames), force_full_load=True)
 
 
 def resolve_dtype(name: str, device: torch.device):

@@ -10,12 +10,9 @@ from comfy_api.latest import io
 
 from ._engine import engine
 
-from .types import CATEGORY, CodesData, FishS2Codes
+from .types import CATEGORY, CodesData, FishS2Codes, FishS2TimelineType
 
 log = logging.getLogger("fishs2")
-
-# What travels on this socket: a `fishs2.timeline.Timeline` (sample positions at its sample_rate).
-FishS2TimelineType = io.Custom("FISH_S2_TIMELINE")
 
 FPS_TOOLTIP = (
     "Video frame rate for the frame numbers in the JSON (start_frame = floor(start × fps), end_frame = "

@@ -25,6 +25,8 @@ FishS2Model = io.Custom("FISH_S2_MODEL")
 FishS2Voice = io.Custom("FISH_S2_VOICE")
 FishS2Script = io.Custom("FISH_S2_SCRIPT")
 FishS2Codes = io.Custom("FISH_S2_CODES")
+# A `fishs2.timeline.Timeline` (sample positions of each line at its sample_rate).
+FishS2TimelineType = io.Custom("FISH_S2_TIMELINE")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class ScriptData:
 class CodesData:
     """What FISH_S2_CODES carries: the engine's `Generation` plus who spoke.
 
+    `takes` holds every take's `Generation` in seed order (take i has seed `seed + i`) when Dual-AR Generate made
+    several; `generation` is always take 0 (`takes[0]`), so nodes that take one generation need no change.
     `turns` are the script's turns (speaker = index into `speaker_names`/`voice_names`, or None);
     `generation.segments[k]` holds `turn_indices` (into `turns`), `codes` ([10, n] int64 CPU) and
     `hit_frame_limit`. One frame is `FRAME_SAMPLES` samples at `SAMPLE_RATE`.
@@ -64,6 +68,12 @@ class CodesData:
     voice_names: tuple[str, ...] = ()
     seed: int = 0
     settings: dict = field(default_factory=dict)
+    takes: tuple = field(default=())
+
+    @property
+    def all_takes(self) -> tuple:
+        """Every take's Generation (seed order); `(generation,)` for codes made without takes."""
+        return tuple(self.takes) or (self.generation,)
 
     @property
     def segments(self) -> list:
