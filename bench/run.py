@@ -123,7 +123,7 @@ def decode_run(model: DualAR, prompt: torch.Tensor, frames: int, first_audio: in
     skip = 1 if options.get("check_every", 1 if device.type == "cpu" else 8) == 1 else 8
     return {"first_frame_s": stamps[0] - start, "first_audio_frames_s": stamps[min(first_audio, frames) - 1] - start,
             "frames_per_s": (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), "peak_bytes": memory(device, peak=True),
-            "growth_bytes": memory(device, peak=True) - before}
+            "growth_bytes": max(0, memory(device, peak=True) - before)}
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -164,6 +164,17 @@ def context_sweep(model: DualAR, contexts: list[int], rounds: int, modes: dict[s
                 sync(device)
                 best[key] = min(best[key], time.perf_counter() - start)
     return {name: {c: best[name, c] for c in contexts} for name in modes}
+
+
+def real_floor(contexts: list[int]) -> str:
+    """The same floor for the real architecture in bf16 (weights per frame from a meta-device model)."""
+    raw = json.loads(REAL_CONFIG.read_text())
+    config = ModelConfig.from_dict(raw.get("config", raw))
+    with torch.device("meta"):
+        weights = weight_bytes_per_frame(DualAR(config).to(torch.bfloat16))
+    low, high = (weights + kv_cache_bytes(config, c, dtype=torch.bfloat16) for c in (min(contexts), max(contexts)))
+    return (f"For the real architecture in bf16 the step reads {low / GIB:.1f} GiB at {min(contexts)} positions and "
+            f"{high / GIB:.1f} GiB at {max(contexts)} (+{100 * (high / low - 1):.0f}%).")
 
 
 def kv_bytes_allocated(model: DualAR, prompt: int, frames: int, mode: AttentionMode) -> int:
@@ -261,6 +272,7 @@ def main() -> None:
     parser.add_argument("--codec-frames", type=int, default=32)
     parser.add_argument("--no-codec", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks of every model (all paths)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fishs2-bench")
     parser.add_argument("--write", type=Path, help="also write the report (markdown) to this file")
     args = parser.parse_args()
@@ -270,6 +282,8 @@ def main() -> None:
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
     model = real_model(dtype, device, args.config) if args.real else mid_model(dtype, device, args.cache)
+    if args.compile:
+        model.compile_blocks()
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     prompt = random_prompt(cfg, args.prompt)
@@ -280,7 +294,8 @@ def main() -> None:
              f"- model: {params / 1e6:.1f} M parameters (slow dim {cfg.slow.dim} × {cfg.slow.n_layer} layers, fast "
              f"{cfg.fast.n_layer} layers, {cfg.slow.n_head}/{cfg.slow.n_local_heads} heads × {cfg.slow.head_dim}, "
              f"FFN {cfg.slow.intermediate_size}, vocab {cfg.vocab_size}, codebook {cfg.codebook_size}, "
-             f"max_seq_len {cfg.max_seq_len}), random weights",
+             f"max_seq_len {cfg.max_seq_len}), random weights"
+             + (", blocks compiled (torch.compile)" if args.compile else ""),
              f"- decode runs: prompt {args.prompt} positions, {args.frames} frames, sampling T={PARAMS.temperature} "
              f"top_p={PARAMS.top_p} top_k={PARAMS.top_k}, stop disabled; fastest of {args.runs} interleaved runs",
              f"- peak memory bandwidth: {peak_gbs:.0f} GB/s ({peak_source})",
@@ -297,6 +312,8 @@ def main() -> None:
     if not args.no_int8:
         quantized = quantize_int8(real_model(dtype, device, args.config) if args.real
                                   else mid_model(dtype, device, args.cache))
+        if args.compile:
+            quantized.compile_blocks()
         paths["fishs2 int8"] = (quantized, {"cuda_graph": True} if device.type == "cuda" else {})
     runs = {name: [] for name in paths}
     for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike
@@ -358,7 +375,8 @@ def main() -> None:
               "| bytes fishs2 must read per frame (weights + KV), MiB | " + " | ".join(f"{b / 2**20:.0f}" for b in read)
               + f" | {max(read) / min(read):.2f} |", "",
               "The last row is the memory-bound floor: a decode step reads every weight and the filled part of the KV "
-              "cache, so per-frame time can only stay flat while the KV bytes stay small next to the weights.", ""]
+              "cache, so per-frame time can only stay flat while the KV bytes stay small next to the weights. "
+              + real_floor(contexts), ""]
 
     lines += ["## KV cache allocated per request", "",
               "fishs2 sizes the cache to the request: bytes = 2 · n_layer · n_local_heads · head_dim · (prompt + max "

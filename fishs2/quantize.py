@@ -2,9 +2,9 @@
 become int8 with one scale per output row; activations, norms and the codebook embeddings stay in the model dtype.
 
 Decode is memory-bound, so halving the bytes read per frame (bf16 → int8) is what speeds it up; on the CPU the
-matmul runs in `aten._weight_int8pack_mm` (int8 weights, bf16 activations), elsewhere the weight is dequantised
-inside the matmul (`torch.compile` fuses the two). Symmetric rounding to [-127, 127] keeps the error of each
-weight within half a step, scale / 2.
+matmul runs in `aten._weight_int8pack_mm` (int8 weights, bf16 activations); elsewhere the weight is dequantised
+for each matmul, which only saves memory unless compiled blocks (`DualAR.compile_blocks`) fuse the two.
+Symmetric rounding to [-127, 127] keeps the error of each weight within half a step, scale / 2.
 """
 
 from __future__ import annotations

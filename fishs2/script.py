@@ -129,7 +129,7 @@ def normalize_text(text: str, input_name: str = "text") -> str:
             line, column = _where(text, i)
             raise TextError(
                 f"{input_name}: invalid unicode (a lone surrogate U+{ord(ch):04X}) at line {line}, column {column}; "
-                "delete it or re-copy the text from its source."
+                "the text was damaged in transfer — delete the character or paste the text again."
             )
         if ch != "\n" and unicodedata.category(ch) == "Cc":
             line, column = _where(text, i)

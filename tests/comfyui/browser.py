@@ -8,7 +8,9 @@ import shutil
 from contextlib import contextmanager
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+                 "--disable-component-update", "--disable-sync",
+                 # a test cannot click before sound may play; a user's click on Queue allows it the same way
+                 "--autoplay-policy=no-user-gesture-required"]
 # Console errors ComfyUI's own frontend produces without network access or a user profile; nothing of the pack's.
 BASELINE_ERRORS = [
     re.compile(r"/user\.css$"),
@@ -107,6 +109,9 @@ SIZES = {
     "FishS2TaggedText": [420, 190],
     "FishS2DialogueAssembler": [470, 430],
     "FishS2EncodeVoice": [380, 210],
-    "FishS2Generate": [300, 250],
+    "FishS2Generate": [320, 330],
     "FishS2Decode": [280, 110],
+    "FishS2MixStems": [300, 170],
+    "FishS2FitAudio": [320, 330],
+    "FishS2SaveSubtitles": [340, 330],
 }

@@ -23,6 +23,7 @@ NOTES = {
     "fishs2_voice_library_save": "Encodes the reference once and saves it as models/fish_s2/voices/fishs2_example_voice.safetensors.\nRun this before 'fishs2_voice_library_reuse'.",
     "fishs2_voice_library_reuse": "Reuses a saved voice: no reference audio, no encoding.\nRun 'fishs2_voice_library_save' first (press R to refresh the voice list).",
     "fishs2_dubbing_video": "Voice-over on an image sequence: Create Video muxes the 44.1 kHz audio with 60 frames at 10 fps.\nThe video length (frames / fps) sets the duration; longer speech is cut at the end of the video.",
+    "fishs2_dialogue_video_subtitles": "Dialogue → video with side-car subtitles. Generate uses chunk_length 1 (one segment per line) so every line is timed.\nMix & Stems lays the lines out with gaps; Fit Audio makes the mix 48 kHz, -16 LUFS and exactly as long as the 150 frames at 10 fps.\nSave Subtitles writes output/fishs2/dialogue_video_NNNNN_.mp4 + .srt + .vtt + .json + .flac with one name (players load the .srt).\nThe stems (one track per speaker, same gain as the mix) go to output/fishs2/dialogue_stems_*.flac. Swap Load Image / Repeat for your video's frames.",
 }
 
 BUILD_JS = """async ([api, name, layoutSizes, note]) => {

@@ -96,10 +96,11 @@ class Result:
     ui: dict | None
 
 
-def run(cls, **inputs) -> Result:
-    """Execute a V3 node like ComfyUI's executor: validate the class, clone it, call EXECUTE_NORMALIZED."""
+def run(cls, hidden: dict | None = None, **inputs) -> Result:
+    """Execute a V3 node like ComfyUI's executor: validate the class, clone it (with the `hidden` inputs, e.g.
+    {"UNIQUE_ID": "7"}), call EXECUTE_NORMALIZED."""
     cls.VALIDATE_CLASS()
-    clone = cls.PREPARE_CLASS_CLONE(None)
+    clone = cls.PREPARE_CLASS_CLONE({"hidden_inputs": hidden} if hidden else None)
     out = cls.EXECUTE_NORMALIZED.__func__(clone, **inputs)
     ui = out.ui.as_dict() if hasattr(out.ui, "as_dict") else out.ui
     return Result(tuple(out.args), ui)

@@ -12,7 +12,8 @@ REF_B_TEXT = "And this is the second voice, speaking a little higher and a littl
 FRAME = "fishs2_dub_frame.png"
 LIBRARY_VOICE = "fishs2_example_voice"
 
-GEN = {"seed": 42, "temperature": 0.8, "top_p": 0.8, "top_k": 30, "max_frames": 1024, "chunk_length": 200}
+GEN = {"seed": 42, "temperature": 0.8, "top_p": 0.8, "top_k": 30, "max_frames": 1024, "chunk_length": 200,
+       "takes": 1, "live_preview": True}
 DECODE = {"gain_db": 0.0, "peak_normalize": False}
 
 
@@ -102,6 +103,49 @@ DUBBING_VIDEO = {
     "10": {"class_type": "SaveVideo", "inputs": {"video": ["9", 0], "filename_prefix": "fishs2/dub", "format": "auto", "codec": "auto"}},
 }
 
+SUBTITLE_FPS = 10.0
+SUBTITLE_FRAMES = 150  # a 15 s video: Fit Audio pads (or trims) the speech to it, and the subtitles follow
+SUBTITLE_PREFIX = "fishs2/dialogue_video"
+SUBTITLE_VIDEO = {
+    **_model(),
+    **_load_audio("2", REF_A),
+    **_load_audio("3", REF_B),
+    **_encode("4", "2", REF_A_TEXT, "Alice"),
+    **_encode("5", "3", REF_B_TEXT, "Bob"),
+    "6": {
+        "class_type": "FishS2DialogueAssembler",
+        "inputs": {
+            "script": "Alice: Welcome back to the show. [excited] Today we test subtitles.\n"
+            "Bob: [laughing] Every line gets its own cue.\n"
+            "Alice: And the timing comes from the generated audio itself.",
+            "voice_1": ["4", 0],
+            "voice_2": ["5", 0],
+        },
+    },
+    # chunk_length 1: one segment per turn, so every line has its own timing, cue and place in the stems.
+    "7": {"class_type": "FishS2Generate",
+          "inputs": {"model": ["1", 0], "script": ["6", 0], **{**GEN, "max_frames": 256, "chunk_length": 1}}},
+    "8": {"class_type": "FishS2MixStems",
+          "inputs": {"model": ["1", 0], "codes": ["7", 0], "gap_seconds": 0.3, "crossfade_seconds": 0.0,
+                     "lead_in_seconds": 0.5}},
+    "9": {"class_type": "LoadImage", "inputs": {"image": FRAME}},
+    "10": {"class_type": "RepeatImageBatch", "inputs": {"image": ["9", 0], "amount": SUBTITLE_FRAMES}},
+    "11": {"class_type": "FishS2FitAudio",
+           "inputs": {"audio": ["8", 0], "sample_rate": "48000 (video)", "length": "images", "duration_seconds": 10.0,
+                      "frame_count": SUBTITLE_FRAMES, "fps": SUBTITLE_FPS, "normalize_loudness": True,
+                      "target_lufs": -16.0, "images": ["10", 0], "timeline": ["8", 3]}},
+    "12": {"class_type": "CreateVideo", "inputs": {"images": ["10", 0], "fps": SUBTITLE_FPS, "audio": ["11", 0]}},
+    "13": {"class_type": "FishS2SaveSubtitles",
+           "inputs": {"timeline": ["11", 1], "filename_prefix": SUBTITLE_PREFIX, "fps": SUBTITLE_FPS,
+                      "speaker_labels": True, "keep_tags": False, "audio": ["11", 0], "video": ["12", 0]}},
+    # The stems (one track per speaker), fitted the same way with the mix's loudness gain: they add up to the mix.
+    "14": {"class_type": "FishS2FitAudio",
+           "inputs": {"audio": ["8", 1], "sample_rate": "48000 (video)", "length": "images", "duration_seconds": 10.0,
+                      "frame_count": SUBTITLE_FRAMES, "fps": SUBTITLE_FPS, "normalize_loudness": True,
+                      "target_lufs": -16.0, "images": ["10", 0], "loudness_reference": ["8", 0]}},
+    "15": {"class_type": "SaveAudio", "inputs": {"audio": ["14", 0], "filename_prefix": "fishs2/dialogue_stems"}},
+}
+
 WORKFLOWS = {
     "fishs2_text_to_speech": ("Fish S2: text to speech", TTS),
     "fishs2_voice_cloning": ("Fish S2: voice cloning from a reference clip", VOICE_CLONING),
@@ -109,4 +153,5 @@ WORKFLOWS = {
     "fishs2_voice_library_save": ("Fish S2: save a voice to the library", VOICE_LIBRARY_SAVE),
     "fishs2_voice_library_reuse": ("Fish S2: reuse a saved voice", VOICE_LIBRARY_REUSE),
     "fishs2_dubbing_video": ("Fish S2: voice-over into a video", DUBBING_VIDEO),
+    "fishs2_dialogue_video_subtitles": ("Fish S2: two-speaker dialogue video with subtitles and stems", SUBTITLE_VIDEO),
 }
