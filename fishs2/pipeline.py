@@ -81,8 +81,12 @@ class FishS2:
         models_dir: str | Path | None = None,
         progress: Callable[[int, int], None] | None = None,
         models_root: str | Path | Sequence[str | Path] | None = None,
+        int8: bool = False,
     ) -> "FishS2":
         """Load a checkpoint directory or hub id (downloaded into `models_dir` when absent).
+
+        `int8=True` quantises the LLM's linear layers and token table to int8 weights (per-row scales) on the CPU
+        before moving them to `device`, so a GPU never holds the full-precision weights (bf16 ≈ 9.1 GB → ≈ 5 GB).
 
         With `models_root` (a folder or several), a checkpoint whose real path lies outside them — e.g. through a
         symlink — is refused (see `hub.resolve`); servers and the node pack pass their model folders here.
@@ -107,8 +111,13 @@ class FishS2:
         config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
         with _out_of_memory_guard(device, f"loading {directory.name} in {dtype} on {device}",
                                   "load in a smaller dtype (bf16 or fp16 instead of fp32), free memory used by other "
-                                  "models, or load on the CPU and quantize to int8 (fishs2.quantize) before moving it"):
-            model = load_model(directory, config, dtype, device)
+                                  "models, or load with int8=True"):
+            if int8:
+                from .quantize import quantize_int8
+
+                model = quantize_int8(load_model(directory, config, dtype, "cpu")).to(device)
+            else:
+                model = load_model(directory, config, dtype, device)
             codec = load_codec(directory, device=device, dtype=codec_dtype)
         return cls(directory, config, tokenizer, model, codec)
 
@@ -127,6 +136,23 @@ class FishS2:
     @property
     def frame_length(self) -> int:
         return self.codec.frame_length
+
+    @property
+    def int8(self) -> bool:
+        from .quantize import Int8Linear
+
+        return any(isinstance(m, Int8Linear) for m in self.model.modules())
+
+    def memory_estimate(self, max_frames: int, prompt_len: int = 1024, takes: int = 1, with_codec: bool = True):
+        """`fishs2.memory.MemoryEstimate` (bytes per component) of a request: weights + KV cache for
+        prompt_len + max_frames positions per take + activations (+ the codec's weights and decode window)."""
+        from .memory import estimate_memory
+
+        return estimate_memory(
+            self.config, prompt_len + max_frames, prompt=prompt_len, batch=takes, dtype=self.dtype, int8=self.int8,
+            codec_config=self.codec.config, codec_dtype=self.codec_dtype,
+            codec_window_frames=138 if with_codec else None,
+        )
 
     def to(self, device: str | torch.device) -> "FishS2":
         self.model.to(device)
@@ -216,8 +242,13 @@ class FishS2:
         max_frames: int = 1024,
         chunk_length: int = 200,
         mode: AttentionMode | None = None,
+        cuda_graph: bool = False,
+        check_every: int | None = None,
     ) -> Iterator[FrameEvent | SegmentEvent]:
-        """Yield frames as they are produced and each finished segment; takes use seeds seed … seed+takes−1."""
+        """Yield frames as they are produced and each finished segment; takes use seeds seed … seed+takes−1.
+
+        `cuda_graph` captures the per-frame step as a CUDA graph (CUDA only); `check_every` sets how many frames
+        run between host reads of the stop token (default 1 on the CPU, 8 on GPUs)."""
         params = SamplingParams(temperature, top_p, top_k)
         if isinstance(max_frames, bool) or not isinstance(max_frames, int) or not 1 <= max_frames < self.config.max_seq_len:
             raise ParameterError(
@@ -236,7 +267,8 @@ class FishS2:
             "smaller dtype (bf16/fp16) or with int8 weights (fishs2.quantize.quantize_int8)",
         ):
             yield from generate_segments(
-                self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode
+                self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode,
+                check_every=check_every, static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda",
             )
 
     def _check_fits(self, batches: list[tuple[str, list[int]]], references: list[Reference], max_frames: int) -> None:

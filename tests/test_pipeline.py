@@ -143,3 +143,24 @@ def test_voice_roundtrip_and_validation(tmp_path, tiny_tts, voice):
     bad.codes[3, 0] = 10_000
     with pytest.raises(VoiceError, match="out of range"):
         tiny_tts.generate("Hi.", [bad], max_frames=2)
+
+
+def test_int8_loading_quantises_and_generates(tiny_checkpoint_dir, tiny_tts):
+    from fishs2 import FishS2
+
+    quantised = FishS2.from_pretrained(tiny_checkpoint_dir, device="cpu", dtype="fp32", int8=True)
+    assert quantised.int8 and not tiny_tts.int8
+    full = tiny_tts.memory_estimate(100, 50)
+    small = quantised.memory_estimate(100, 50)
+    assert small.weights < full.weights
+    result = quantised.generate("Hello there.", seed=0, max_frames=6)
+    assert result.codes.shape[0] == 10 and 1 <= result.num_frames <= 6
+
+
+def test_memory_estimate_grows_with_the_request(tiny_tts):
+    base = tiny_tts.memory_estimate(100, 50)
+    cfg = tiny_tts.config
+    per_position = 2 * cfg.slow.n_layer * cfg.slow.kv_size * 4  # k and v, fp32
+    assert tiny_tts.memory_estimate(200, 50).kv_cache - base.kv_cache >= 100 * per_position
+    assert tiny_tts.memory_estimate(100, 50, takes=3).kv_cache >= 3 * (150 * per_position)
+    assert base.total > base.llm > base.weights > 0
