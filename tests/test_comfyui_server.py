@@ -343,8 +343,8 @@ LIVE_PREVIEW_JS = """async ([wf, seed]) => {
       events.push({ type, t: performance.now(), node: node == null ? null : String(node) });
     });
   }
-  app.canvas.ds.scale = 1.0;
-  app.canvas.ds.offset = [-gen.pos[0] + 520, -gen.pos[1] + 120];
+  app.canvas.ds.scale = 0.85;  // the script, Generate with its player, Decode and Save Audio in view
+  app.canvas.ds.offset = [-gen.pos[0] + 612, -gen.pos[1] + 160];
   app.canvas.deselectAll?.();
   app.graph.setDirtyCanvas(true, true);
   await app.queuePrompt(0, 1);
@@ -356,7 +356,7 @@ LIVE_PREVIEW_RESULT_JS = """(genId) => {
   const p = gen.fishs2Preview;
   return { events: window.__fishs2Events, log: p.log, errors: p.errors, phase: p.phase,
            status: p.statusEl.textContent, buffers: p.buffers.length, played: p.playedSeconds(),
-           received: p.queue.receivedSeconds, audioState: p.constructor && window.AudioContext ? 'ok' : 'none',
+           received: p.queue.receivedSeconds,
            widget: gen.widgets.map(w => w.name), serialized: gen.serialize().widgets_values };
 }"""
 
