@@ -73,7 +73,7 @@ class FishS2Handle:
             positions = config.max_seq_len  # the official formulation preallocates the whole context
         estimate = engine("memory").estimate_memory(
             config, min(positions, config.max_seq_len), prompt=min(prompt_len, config.max_seq_len),
-            dtype=self.tts.dtype, codec_window_frames=None,
+            dtype=self.tts.dtype, int8=self.tts.int8, codec_window_frames=None,
         )
         return int(estimate.kv_cache + estimate.activations)
 
@@ -100,12 +100,13 @@ class FishS2Handle:
 
 
 def resolve_dtype(name: str, device: torch.device):
-    """"auto" → what ComfyUI recommends for the compute device (bf16, else fp16, else fp32)."""
+    """"auto" (and "int8", whose activations follow auto) → what ComfyUI recommends for the compute device
+    (bf16, else fp16, else fp32)."""
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name in table:
         return table[name]
-    if name != "auto":
-        raise ValueError(f"dtype: {name!r} is not one of auto, bf16, fp16, fp32.")
+    if name not in ("auto", "int8"):
+        raise ValueError(f"dtype: {name!r} is not one of auto, bf16, fp16, fp32, int8.")
     if device.type == "cpu":
         return torch.float32
     if mm.should_use_bf16(device):
@@ -134,6 +135,6 @@ def load_handle(source: str, dtype_name: str, attention: str = "fast", models_di
     if attention not in ATTENTION:
         raise ValueError(f"attention: {attention!r} is not one of {', '.join(ATTENTION)}.")
     tts = FishS2.from_pretrained(source, device=mm.unet_offload_device(), dtype=dtype, models_dir=models_dir,
-                                 progress=progress, models_root=models_root)
+                                 progress=progress, models_root=models_root, int8=dtype_name == "int8")
     log.info("fishs2: loaded %s (%s, %s attention) on %s", source, dtype, attention, tts.device)
     return FishS2Handle(tts, source, dtype_name, attention)

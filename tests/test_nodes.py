@@ -215,6 +215,14 @@ def test_official_attention_option(N, dialogue, codes):
         run(N["FishS2LoadModel"], checkpoint="s2-pro", dtype="fp32", attention="flash")
 
 
+def test_int8_weights_option(N, dialogue, model):
+    quantised = run(N["FishS2LoadModel"], checkpoint="s2-pro", dtype="int8", attention="fast").outputs[0]
+    assert quantised.tts.int8 and not model.tts.int8
+    assert quantised.llm_extra_bytes(24, 100) > 0
+    out = run(N["FishS2Generate"], model=quantised, script=dialogue, **GEN).outputs[0]
+    assert out.generation.codes.shape[0] == 10 and out.total_frames >= 1
+
+
 def test_load_model_fingerprint_changes_with_files(N, comfy_dirs):
     fp1 = N["FishS2LoadModel"].fingerprint_inputs(checkpoint="s2-pro", dtype="auto", attention="fast")
     cfg = comfy_dirs[0] / "fish_s2" / "s2-pro" / "config.json"
