@@ -50,7 +50,7 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
         return dtype
     if dtype not in (None, "auto"):
         if dtype not in DTYPES:
-            raise ParameterError(f"dtype={dtype!r}: use one of auto, bf16, fp16, fp32.")
+            raise ParameterError(f"dtype={dtype!r}: use one of auto, bf16, fp16, fp32 (for int8 weights pass int8=True).")
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -264,7 +264,7 @@ class FishS2:
         with _out_of_memory_guard(
             self.device, f"generating {takes} take(s) of up to {max_frames} frames in {self.dtype}",
             "lower max_frames (the KV cache grows with it), generate fewer takes at once, or load the model in a "
-            "smaller dtype (bf16/fp16) or with int8 weights (fishs2.quantize.quantize_int8)",
+            "smaller dtype (bf16/fp16) or with int8 weights (int8=True; dtype int8 in ComfyUI)",
         ):
             yield from generate_segments(
                 self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode,
