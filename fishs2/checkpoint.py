@@ -1,13 +1,14 @@
 """Strict loading of the official LLM weights (spec §1.1, §2.7, §3.3).
 
 The official loader ignores missing and unexpected keys; this one consumes and shape-checks every tensor and
-names the offending keys. Weights are read lazily from the safetensors files (mmap) straight into the target
-dtype and device, into a model built on the meta device, so RAM never holds a second full copy.
+names the offending keys. Weights are read one tensor at a time straight into the target dtype and device, into a
+model built on the meta device, so host RAM holds the loaded weights plus at most one tensor in transit.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -17,7 +18,6 @@ from .errors import CheckpointError
 from .model import DualAR
 
 INDEX_FILE = "model.safetensors.index.json"
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names of weights we can cast to the model dtype
 SINGLE_FILE = "model.safetensors"
 
 
@@ -61,11 +61,68 @@ def _describe(keys: list[str], limit: int = 6) -> str:
     return f"{shown}{' …' if len(keys) > limit else ''} ({len(keys)} in all)"
 
 
-def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: torch.device | str) -> None:
-    """Fill `model` (built on the meta device) from the checkpoint's safetensors files."""
-    from safetensors import safe_open
-    from safetensors import SafetensorError
+class TensorFile:
+    """One safetensors file, read tensor by tensor with plain file reads.
 
+    Not memory-mapped on purpose: a mapped file's touched pages count as the process's memory until the file is
+    closed, so converting a mapped shard (bf16 → fp32) would hold the shard and its converted copy at once. Here
+    each tensor's bytes live only until they are converted, so loading needs the loaded weights plus one tensor.
+    Format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, the data.
+    """
+
+    DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "rb")
+        size = path.stat().st_size
+        try:
+            length = int.from_bytes(self._file.read(8), "little")
+            if not 2 <= length <= size - 8:
+                raise ValueError(f"header length {length} does not fit a {size}-byte file")
+            header = json.loads(self._file.read(length))
+            self._start = 8 + length
+            self.entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            for key, entry in self.entries.items():
+                begin, end = entry["data_offsets"]
+                if entry["dtype"] not in self.DTYPES:
+                    raise ValueError(f"{key}: unknown dtype {entry['dtype']!r}")
+                itemsize = torch.empty(0, dtype=self.DTYPES[entry["dtype"]]).element_size()
+                if end - begin != math.prod(entry["shape"]) * itemsize or self._start + end > size:
+                    raise ValueError(f"{key}: data runs past the end of the file or does not match its shape")
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self._file.close()
+            raise CheckpointError(
+                f"{path}: cannot read safetensors file ({exc}); it is truncated or corrupt — download it again."
+            ) from exc
+
+    def __enter__(self) -> "TensorFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.entries[key]["shape"])
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.DTYPES[self.entries[key]["dtype"]]
+
+    def read(self, key: str) -> torch.Tensor:
+        begin, end = self.entries[key]["data_offsets"]
+        buffer = bytearray(end - begin)
+        self._file.seek(self._start + begin)
+        if self._file.readinto(buffer) != len(buffer):
+            raise CheckpointError(f"{self.path}: {key} is cut short; the file is truncated — download it again.")
+        if not buffer:
+            return torch.empty(self.shape(key), dtype=self.dtype(key))
+        return torch.frombuffer(buffer, dtype=self.dtype(key)).reshape(self.shape(key))
+
+
+def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: torch.device | str) -> None:
+    """Fill `model` (built on the meta device) from the checkpoint's safetensors files, one tensor at a time."""
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
@@ -73,25 +130,21 @@ def load_weights(model: DualAR, directory: Path, dtype: torch.dtype, device: tor
     not_float: list[str] = []
     for path in shard_files(directory):
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for key in f.keys():
+            with TensorFile(path) as f:
+                for key in f.entries:
                     name = checkpoint_key_to_module_key(key, model.config.tie_word_embeddings)
                     if name is None or name not in expected:
                         unexpected.append(key)
                         continue
-                    tensor = f.get_slice(key)
-                    shape = tuple(tensor.get_shape())
-                    if tensor.get_dtype() not in FLOAT_DTYPES:
-                        not_float.append(f"{key} ({tensor.get_dtype()})")
+                    if not f.dtype(key).is_floating_point:
+                        not_float.append(f"{key} ({f.entries[key]['dtype']})")
                         continue
-                    if shape != expected[name]:
-                        mismatched.append(f"{key} {list(shape)} (expected {list(expected[name])})")
+                    if f.shape(key) != expected[name]:
+                        mismatched.append(f"{key} {list(f.shape(key))} (expected {list(expected[name])})")
                         continue
-                    state[name] = f.get_tensor(key).to(device=device, dtype=dtype)
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(
-                f"{path}: cannot read safetensors file ({exc}); it is truncated or corrupt — download it again."
-            ) from exc
+                    state[name] = f.read(key).to(device=device, dtype=dtype)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read the file ({exc}); download it again.") from exc
     missing = [name for name in expected if name not in state]
     if not_float:
         raise CheckpointError(
