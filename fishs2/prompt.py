@@ -40,13 +40,14 @@ class Exchange:
     codes: torch.Tensor  # [num_codebooks, n]
 
 
-def split_turns(text: str) -> list[str]:
+def split_turns(text: str, keep_leading_text: bool = True) -> list[str]:
     """Split text at `<|speaker:N|>` tags into turns (tag + its text, stripped).
 
-    Unlike the official splitter, text before the first tag is kept as a turn of its own instead of dropped.
+    Text before the first tag is kept as a turn of its own; the official splitter drops it
+    (`keep_leading_text=False` reproduces that).
     """
     pieces = SPEAKER_TAG.split(text)
-    turns = [pieces[0].strip()] if pieces[0].strip() else []
+    turns = [pieces[0].strip()] if keep_leading_text and pieces[0].strip() else []
     turns += [(tag + body).strip() for tag, body in zip(pieces[1::2], pieces[2::2])]
     return turns
 
@@ -71,10 +72,11 @@ def group_turns(turns: list[str], chunk_length: int, max_turns: int = MAX_TURNS_
 
 
 def group_batches(text: str, chunk_length: int, max_turns: int = MAX_TURNS_PER_BATCH) -> list[str]:
-    """The official batching of raw text: text without speaker tags is one batch and is never chunked."""
+    """The official batching of raw text (reference for parity tests): text without speaker tags is one batch and
+    is never chunked; text before the first speaker tag is dropped. `FishS2.plan` is the user-facing version."""
     if not _HAS_SPEAKER_TAG.search(text):
         return [text]
-    turns = split_turns(text)
+    turns = split_turns(text, keep_leading_text=False)
     return ["\n".join(turns[i] for i in batch) for batch in group_turns(turns, chunk_length, max_turns)]
 
 
