@@ -1,5 +1,5 @@
 """fishs2 benchmark: decode speed, per-frame time against context length, memory and codec decode, every figure
-next to the official formulation's measured in the same run (see README.md beside this file).
+next to the official formulation's measured in the same run (results: RESULTS.md beside this file).
 
     python bench/run.py                         # CPU: mid-size random checkpoint in the official layout, fp32
     python bench/run.py --real --dtype bf16     # the real architecture with random weights (GPU)
