@@ -33,8 +33,15 @@ from fishs2.synthetic import Sizes, write_checkpoint  # noqa: E402
 from fishs2.tokenizer import Tokenizer  # noqa: E402
 
 FRAME_SECONDS = 2048 / 44100  # audio per frame
-MID = Sizes(dim=512, n_layer=8, n_head=8, n_local_heads=2, head_dim=64, intermediate_size=1536, n_fast_layer=2,
-            codebook_size=1024, max_seq_len=32768)
+# Mid-size CPU models. "mid": the shape the issue names (dim 512); its KV cache is large next to its small layers
+# (KV bytes per position per layer / layer weight bytes ≈ 4× the real model's). "mid-1024": dim 1024, whose ratio
+# matches the real architecture's (≈ 2e-5 per position), so its per-frame growth with context is representative.
+SHAPES = {
+    "mid": Sizes(dim=512, n_layer=8, n_head=8, n_local_heads=2, head_dim=64, intermediate_size=1536,
+                 n_fast_layer=2, codebook_size=1024, max_seq_len=32768),
+    "mid-1024": Sizes(dim=1024, n_layer=8, n_head=16, n_local_heads=4, head_dim=64, intermediate_size=3072,
+                      n_fast_layer=2, codebook_size=1024, max_seq_len=32768),
+}
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "golden" / "real_config_reference.json"
 NO_STOP = -1  # eos id that is never sampled as a frame's first row: every run decodes exactly the frames asked
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, top_k=30)
@@ -217,11 +224,11 @@ def codec_decode(device: torch.device, frames: int, first_audio: int) -> dict:
 
 
 # ── model construction ─────────────────────────────────────────────────────────────────────────────────────────
-def mid_model(dtype: torch.dtype, device: torch.device, cache: Path) -> DualAR:
-    """The mid-size checkpoint, written once in the official layout and loaded by the real loader."""
-    directory = cache / "mid-512x8"
+def mid_model(dtype: torch.dtype, device: torch.device, cache: Path, shape: str = "mid") -> DualAR:
+    """A mid-size checkpoint, written once in the official layout and loaded by the real loader."""
+    directory = cache / shape
     if not (directory / "config.json").exists():
-        write_checkpoint(directory, ROOT / "tests" / "fixtures" / "golden" / "tiny_codec", MID)
+        write_checkpoint(directory, ROOT / "tests" / "fixtures" / "golden" / "tiny_codec", SHAPES[shape])
     tokenizer = Tokenizer(directory / "tokenizer.json")
     config = ModelConfig.from_file(directory / "config.json")
     config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
@@ -262,6 +269,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: fp32 on the CPU, bf16 on GPUs")
     parser.add_argument("--real", action="store_true", help="the real architecture instead of the mid-size model")
     parser.add_argument("--config", type=Path, default=REAL_CONFIG, help="config.json that --real builds")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mid", help="the mid-size model (without --real)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt", type=int, default=100, help="prompt positions of the decode runs")
     parser.add_argument("--frames", type=int, default=32, help="frames per decode run")
@@ -281,14 +289,14 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
-    model = real_model(dtype, device, args.config) if args.real else mid_model(dtype, device, args.cache)
+    model = real_model(dtype, device, args.config) if args.real else mid_model(dtype, device, args.cache, args.shape)
     if args.compile:
         model.compile_blocks()
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     prompt = random_prompt(cfg, args.prompt)
     peak_gbs, peak_source = peak_bandwidth(device)
-    title = ("real architecture" if args.config == REAL_CONFIG else str(args.config)) if args.real else "mid-size model"
+    title = ("real architecture" if args.config == REAL_CONFIG else str(args.config)) if args.real else f"mid-size model ({args.shape})"
     lines = [f"# fishs2 bench — {title}, {dtype_name}, {device.type}", "",
              f"- machine: {machine(device, args.threads)}",
              f"- model: {params / 1e6:.1f} M parameters (slow dim {cfg.slow.dim} × {cfg.slow.n_layer} layers, fast "
@@ -311,7 +319,7 @@ def main() -> None:
     quantized = None
     if not args.no_int8:
         quantized = quantize_int8(real_model(dtype, device, args.config) if args.real
-                                  else mid_model(dtype, device, args.cache))
+                                  else mid_model(dtype, device, args.cache, args.shape))
         if args.compile:
             quantized.compile_blocks()
         paths["fishs2 int8"] = (quantized, {"cuda_graph": True} if device.type == "cuda" else {})
