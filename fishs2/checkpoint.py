@@ -61,6 +61,9 @@ def _describe(keys: list[str], limit: int = 6) -> str:
     return f"{shown}{' …' if len(keys) > limit else ''} ({len(keys)} in all)"
 
 
+MAX_HEADER_BYTES = 100 * 2**20  # the safetensors format's own limit; a larger claim is a corrupt or hostile file
+
+
 class TensorFile:
     """One safetensors file, read tensor by tensor with plain file reads.
 
@@ -80,7 +83,7 @@ class TensorFile:
         size = path.stat().st_size
         try:
             length = int.from_bytes(self._file.read(8), "little")
-            if not 2 <= length <= size - 8:
+            if not 2 <= length <= min(size - 8, MAX_HEADER_BYTES):
                 raise ValueError(f"header length {length} does not fit a {size}-byte file")
             header = json.loads(self._file.read(length))
             self._start = 8 + length

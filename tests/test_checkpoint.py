@@ -54,6 +54,19 @@ def test_truncated_shard(tmp_path):
         FishS2.from_pretrained(d, device="cpu")
 
 
+def test_hostile_header_length_is_refused_without_reading_it(tmp_path):
+    d = copy_tiny_checkpoint(tmp_path / "m")
+    shard = d / "model-00001-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[:8] = (len(data) - 8).to_bytes(8, "little")  # claims the whole file is header: not valid JSON
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        FishS2.from_pretrained(d, device="cpu")
+    shard.write_bytes((2**40).to_bytes(8, "little") + bytes(data[8:]))  # 1 TiB header claim
+    with pytest.raises(CheckpointError, match="header length"):
+        FishS2.from_pretrained(d, device="cpu")
+
+
 def _rewrite_shard(d, change):
     shard = d / "model-00002-of-00002.safetensors"
     tensors = load_file(str(shard))
