@@ -293,11 +293,14 @@ class FishS2:
                 )
 
     def generate_takes(self, text, voices: Sequence[Voice] = (), *, seed: int | None = None, takes: int = 1,
-                       on_frame: Callable[[int], None] | None = None, **options) -> list[Generation]:
+                       on_frame: Callable[[int], None] | None = None,
+                       on_event: Callable[[FrameEvent | SegmentEvent], None] | None = None,
+                       **options) -> list[Generation]:
         """Generate `takes` takes (seeds seed … seed+takes−1) → one `Generation` per take.
 
-        An exception raised by `on_frame` (e.g. a cancel) stops generation at once: the stream is closed, its
-        caches are released, nothing is kept, and the model is ready for the next request.
+        `on_frame(frames_done)` is called per frame, `on_event(event)` with every stream event (live preview).
+        An exception raised by either (e.g. a cancel) stops generation at once: the stream is closed, its caches
+        are released, nothing is kept, and the model is ready for the next request.
         """
         seed = normalize_seed(_as_seed(seed))
         if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
@@ -313,6 +316,8 @@ class FishS2:
                         on_frame(done)
                 else:
                     results[event.take].segments.append(event.result)
+                if on_event is not None:
+                    on_event(event)
         finally:
             events.close()
         return results

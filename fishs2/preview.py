@@ -19,7 +19,6 @@ chunk to the browser (`PreviewChunk.wav_bytes()` gives a small WAV file) through
 from __future__ import annotations
 
 import io
-import numbers
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -159,29 +158,10 @@ def generate_with_preview(
     """`FishS2.generate_takes` with live preview: `on_chunk` gets each `PreviewChunk` as soon as it is decoded.
     Returns one `Generation` per take, identical to what `generate_takes` returns for the same arguments. An
     exception raised by `on_frame` or `on_chunk` (e.g. a cancel) stops generation at once and closes the stream."""
-    from .sampling import normalize_seed
-
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ParameterError(f"seed={seed!r}: must be an integer (e.g. 42), or None for a random seed.")
-        seed = int(seed)
-    seed = normalize_seed(seed)
-    if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
-        raise ParameterError(f"takes={takes!r}: must be an integer ≥ 1.")
     preview = LivePreview(tts.codec, every_frames=every_frames, takes=tuple(preview_takes))
-    results = [Generation(seed=seed + i) for i in range(takes)]
-    done = 0
-    events = tts.stream(text, voices, seed=seed, takes=takes, **options)
-    try:
-        for event in events:
-            if isinstance(event, FrameEvent):
-                done += 1
-                if on_frame is not None:
-                    on_frame(done)
-            else:
-                results[event.take].segments.append(event.result)
-            for chunk in preview.feed(event):
-                on_chunk(chunk)
-    finally:
-        events.close()
-    return results
+
+    def play(event) -> None:
+        for chunk in preview.feed(event):
+            on_chunk(chunk)
+
+    return tts.generate_takes(text, voices, seed=seed, takes=takes, on_frame=on_frame, on_event=play, **options)

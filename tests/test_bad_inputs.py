@@ -108,7 +108,7 @@ def user_text(tts: FishS2, prompt: torch.Tensor) -> str:
     starts = [i for i, t in enumerate(ids) if t == tok.im_start_id]
     user_start = starts[-2]  # the last one opens the assistant message
     end = max(i for i, t in enumerate(ids) if t == tok.im_end_id)
-    head = tok.encode(f"<|im_start|>user\n")
+    head = tok.encode("<|im_start|>user\n")
     assert ids[user_start : user_start + len(head)] == head
     return tok.decode(ids[user_start + len(head) : end])
 

@@ -92,7 +92,6 @@ def check_video(path: Path, frames_expected: int = DUBBING_FRAMES, fps: float = 
     import av
 
     with av.open(str(path)) as container:
-        video = container.streams.video[0]
         audio = container.streams.audio[0]
         frames = sum(1 for _ in container.decode(video=0))
         assert frames == frames_expected

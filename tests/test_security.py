@@ -23,7 +23,6 @@ from fishs2.errors import CheckpointError, VoiceError
 from fishs2.voice import Voice
 
 from .conftest import copy_tiny_checkpoint
-from .golden import SHIPPED
 
 REPO = Path(__file__).resolve().parents[1]
 
