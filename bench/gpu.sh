@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
+# the CUDA tests, the real-architecture bench (bf16, with int8 side by side) and the per-kernel breakdown.
+# Logs and the bench's markdown report go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
+# needs, for machines without them) are installed into /tmp/site first.
+set -u
+OUT=${OUT:-/tmp/fishs2-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,clocks.mem --format=csv \
+    | tee "$OUT/gpu.txt"
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+
+echo "== CUDA tests"
+timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider \
+    tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k cuda 2>&1 | tee "$OUT/tests.log"
+
+echo "== bench, real architecture"
+timeout "${BENCH_TIMEOUT:-300}" $PY bench/run.py --real --frames "${FRAMES:-256}" --runs 2 \
+    --write "$OUT/RESULTS-gpu.md" 2>&1 | tee "$OUT/bench.log"
+
+echo "== per-kernel breakdown, bf16"
+timeout "${BREAKDOWN_TIMEOUT:-120}" $PY bench/breakdown.py --frames 16 2>&1 | tee "$OUT/breakdown.log"
