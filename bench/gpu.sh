@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
-# the CUDA tests, the real-architecture bench (bf16, with int8 side by side) and the per-kernel breakdown.
+# the CUDA tests, the real-architecture bench (bf16, with int8 side by side), the same with compiled blocks, and
+# the per-kernel breakdown. A step whose *_TIMEOUT is 0 is skipped.
 # Logs and the bench's markdown report go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
 # needs, for machines without them) are installed into /tmp/site first.
 set -u
@@ -24,5 +25,13 @@ echo "== bench, real architecture"
 timeout "${BENCH_TIMEOUT:-300}" $PY bench/run.py --real --frames "${FRAMES:-256}" --runs 2 \
     --write "$OUT/RESULTS-gpu.md" 2>&1 | tee "$OUT/bench.log"
 
-echo "== per-kernel breakdown, bf16"
-timeout "${BREAKDOWN_TIMEOUT:-120}" $PY bench/breakdown.py --frames 16 2>&1 | tee "$OUT/breakdown.log"
+if [ "${COMPILE_TIMEOUT:-240}" != 0 ]; then
+    echo "== bench, real architecture, blocks compiled (torch.compile) inside the CUDA graph"
+    timeout "${COMPILE_TIMEOUT:-240}" $PY bench/run.py --real --compile --paths static,int8 --no-codec \
+        --frames "${FRAMES:-256}" --runs 2 --write "$OUT/RESULTS-gpu-compile.md" 2>&1 | tee "$OUT/compile.log"
+fi
+
+if [ "${BREAKDOWN_TIMEOUT:-120}" != 0 ]; then
+    echo "== per-kernel breakdown, bf16"
+    timeout "${BREAKDOWN_TIMEOUT:-120}" $PY bench/breakdown.py --frames 16 2>&1 | tee "$OUT/breakdown.log"
+fi

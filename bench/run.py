@@ -236,13 +236,15 @@ def mid_model(dtype: torch.dtype, device: torch.device, cache: Path, shape: str 
 
 
 def real_model(dtype: torch.dtype, device: torch.device, config_path: Path = REAL_CONFIG) -> DualAR:
-    """The real architecture (4.56 B parameters; or any config.json) with random weights, built on the device."""
+    """The real architecture (4.56 B parameters; or any config.json) with random weights, built on the device.
+    The weights come from a fixed seed, so two calls build the same model (the int8 error compares them)."""
     raw = json.loads(config_path.read_text())
     config = ModelConfig.from_dict(raw.get("config", raw))
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+            torch.manual_seed(0)
             model = DualAR(config)
     finally:
         torch.set_default_dtype(default)
@@ -281,6 +283,9 @@ def main() -> None:
     parser.add_argument("--no-codec", action="store_true")
     parser.add_argument("--no-int8", action="store_true")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks of every model (all paths)")
+    parser.add_argument("--paths", default="fishs2,official,static,int8",
+                        help="decode paths to run, of fishs2, official, static (the CUDA graph on CUDA), int8; the "
+                             "context sweep needs fishs2 and official")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fishs2-bench")
     parser.add_argument("--write", type=Path, help="also write the report (markdown) to this file")
     args = parser.parse_args()
@@ -310,14 +315,20 @@ def main() -> None:
              f"- command: `python bench/run.py {' '.join(sys.argv[1:])}`", ""]
     print("\n".join(lines), flush=True)
 
-    paths = {"fishs2": (model, {}),
-             "official formulation": (model, {"mode": AttentionMode.official(), "check_every": 1})}
-    if device.type == "cuda":
+    chosen = set(args.paths.split(","))
+    if unknown := chosen - {"fishs2", "official", "static", "int8"}:
+        parser.error(f"--paths: unknown {sorted(unknown)}")
+    paths = {}
+    if "fishs2" in chosen:
+        paths["fishs2"] = (model, {})
+    if "official" in chosen:
+        paths["official formulation"] = (model, {"mode": AttentionMode.official(), "check_every": 1})
+    if "static" in chosen and device.type == "cuda":
         paths["fishs2 + CUDA graph"] = (model, {"cuda_graph": True})
-    else:
+    elif "static" in chosen:
         paths["fishs2 static step (CUDA-graph code, eager)"] = (model, {"static": True})
     quantized = None
-    if not args.no_int8:
+    if not args.no_int8 and "int8" in chosen:
         quantized = quantize_int8(real_model(dtype, device, args.config) if args.real
                                   else mid_model(dtype, device, args.cache, args.shape))
         if args.compile:
@@ -330,14 +341,16 @@ def main() -> None:
             print(f"{name}: {runs[name][-1]}", flush=True)
     results = {name: best_of(r) for name, r in runs.items()}
     contexts = [int(c) for c in args.contexts.split(",")]
-    sweep = context_sweep(model, contexts, args.context_frames,
-                          {"fishs2": AttentionMode(), "official formulation": AttentionMode.official()})
-    for context in contexts:
+    sweep = {}
+    if {"fishs2", "official"} <= chosen:
+        sweep = context_sweep(model, contexts, args.context_frames,
+                              {"fishs2": AttentionMode(), "official formulation": AttentionMode.official()})
+    for context in contexts if sweep else []:
         print(f"context {context}: " + ", ".join(f"{n} {1000 * s[context]:.1f} ms" for n, s in sweep.items()),
               flush=True)
     # The codec runs last: its large buffers stay in the process heap and would make later allocations cheaper.
     codec = None if args.no_codec else codec_decode(device, args.codec_frames, args.first_audio)
-    base = results["official formulation"]["frames_per_s"]
+    base = results["official formulation"]["frames_per_s"] if "official formulation" in results else None
     lines += ["## Decode", "",
               "| path | frames/s | ms/frame | RTF | vs official | time to first frame | time to first audio "
               "| weights read/frame | achieved bandwidth | peak " + ("device memory" if device.type == "cuda" else "RSS")
@@ -347,9 +360,10 @@ def main() -> None:
         per_frame = weight_bytes_per_frame(m)
         bandwidth = per_frame * r["frames_per_s"] / 1e9
         first_audio = f"{r['first_audio_frames_s'] + codec['first_audio_decode_s']:.3f} s" if codec else "—"
+        ratio = f"{r['frames_per_s'] / base:.2f}×" if base else "—"
         lines.append(
             f"| {name} | {r['frames_per_s']:.2f} | {1000 / r['frames_per_s']:.1f} | "
-            f"{1 / (r['frames_per_s'] * FRAME_SECONDS):.3f} | {r['frames_per_s'] / base:.2f}× | "
+            f"{1 / (r['frames_per_s'] * FRAME_SECONDS):.3f} | {ratio} | "
             f"{r['first_frame_s']:.3f} s | {first_audio} | {per_frame / 2**20:.0f} MiB | {bandwidth:.1f} GB/s "
             f"({100 * bandwidth / peak_gbs:.0f}% of peak) | {r['peak_bytes'] / 2**20:.0f} MiB "
             f"(+{r['growth_bytes'] / 2**20:.0f} MiB) |")
@@ -368,23 +382,24 @@ def main() -> None:
         lines += [f"int8 error on this model (256 teacher-forced positions): slow logits relative L2 error "
                   f"{100 * error:.1f}%, greedy semantic token unchanged at {100 * agreement:.0f}% of positions.", ""]
 
-    lines += ["## Per-frame time against context length", "",
-              f"Fastest of {args.context_frames} decode frames with the cache already holding that many positions "
-              "(random keys/values instead of a prefill); the frames of all columns are interleaved.", "",
-              "| context positions | " + " | ".join(str(c) for c in contexts) + " | max/min |",
-              "|---|" + "---:|" * (len(contexts) + 1)]
-    for name, times in sweep.items():
-        values = list(times.values())
-        lines.append(f"| {name} (ms/frame) | " + " | ".join(f"{1000 * t:.1f}" for t in values)
-                     + f" | {max(values) / min(values):.2f} |")
-    ratios = [sweep["official formulation"][c] / sweep["fishs2"][c] for c in contexts]
-    read = [weight_bytes_per_frame(model) + kv_cache_bytes(cfg, c, dtype=dtype) for c in contexts]
-    lines += ["| official / fishs2 | " + " | ".join(f"{r:.1f}×" for r in ratios) + " | |",
-              "| bytes fishs2 must read per frame (weights + KV), MiB | " + " | ".join(f"{b / 2**20:.0f}" for b in read)
-              + f" | {max(read) / min(read):.2f} |", "",
-              "The last row is the memory-bound floor: a decode step reads every weight and the filled part of the KV "
-              "cache, so per-frame time can only stay flat while the KV bytes stay small next to the weights. "
-              + real_floor(contexts), ""]
+    if sweep:
+        lines += ["## Per-frame time against context length", "",
+                  f"Fastest of {args.context_frames} decode frames with the cache already holding that many positions "
+                  "(random keys/values instead of a prefill); the frames of all columns are interleaved.", "",
+                  "| context positions | " + " | ".join(str(c) for c in contexts) + " | max/min |",
+                  "|---|" + "---:|" * (len(contexts) + 1)]
+        for name, times in sweep.items():
+            values = list(times.values())
+            lines.append(f"| {name} (ms/frame) | " + " | ".join(f"{1000 * t:.1f}" for t in values)
+                         + f" | {max(values) / min(values):.2f} |")
+        ratios = [sweep["official formulation"][c] / sweep["fishs2"][c] for c in contexts]
+        read = [weight_bytes_per_frame(model) + kv_cache_bytes(cfg, c, dtype=dtype) for c in contexts]
+        lines += ["| official / fishs2 | " + " | ".join(f"{r:.1f}×" for r in ratios) + " | |",
+                  "| bytes fishs2 must read per frame (weights + KV), MiB | " + " | ".join(f"{b / 2**20:.0f}" for b in read)
+                  + f" | {max(read) / min(read):.2f} |", "",
+                  "The last row is the memory-bound floor: a decode step reads every weight and the filled part of the KV "
+                  "cache, so per-frame time can only stay flat while the KV bytes stay small next to the weights. "
+                  + real_floor(contexts), ""]
 
     lines += ["## KV cache allocated per request", "",
               "fishs2 sizes the cache to the request: bytes = 2 · n_layer · n_local_heads · head_dim · (prompt + max "

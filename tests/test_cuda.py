@@ -49,9 +49,8 @@ def model_on_cuda(parts, dtype=torch.float32):
     return load_model(directory, config, dtype, "cuda")
 
 
-def greedy_segments(model, parts, name: str, **options) -> list[torch.Tensor]:
-    """The greedy golden case through generate_segments on CUDA → each batch's codes. The greedy mode samples at
-    temperature 1e-5, so its result does not depend on which device's random stream is used."""
+def greedy_segments(model, parts, name: str, seed: int | None = None, **options) -> list[torch.Tensor]:
+    """The greedy golden case through generate_segments on the model's device → each batch's codes."""
     _, _, _, builder = parts
     inputs = DUAL_AR.meta["cases"][name]["inputs"]
     references = [Reference(t, DUAL_AR[f"{name}/input.prompt_tokens.{i}"])
@@ -60,8 +59,32 @@ def greedy_segments(model, parts, name: str, **options) -> list[torch.Tensor]:
     params = SamplingParams(sampling["temperature"], sampling["top_p"], sampling["top_k"])
     batches = [(t, [i]) for i, t in enumerate(group_batches(inputs["text"], inputs.get("chunk_length", 512)))]
     events = generate_segments(model, builder, batches, references, params, sampling["max_new_tokens"],
-                               make_generators([sampling["seed"]], "cuda"), keep_last_frame_at_limit=False, **options)
+                               make_generators([sampling["seed"] if seed is None else seed], model.device),
+                               keep_last_frame_at_limit=False, **options)
     return [e.result.codes for e in events if hasattr(e, "result")]
+
+
+@pytest.fixture(scope="module")
+def seed_independent_frames(parts) -> dict[str, list[int]]:
+    """Per case and batch, how many leading frames of the greedy golden do not depend on the random stream.
+
+    Greedy mode samples at temperature 1e-5, but when a main token repeats within the RAS window its replacement
+    is drawn at temperature 1.0, and CUDA's random stream differs from the CPU's that made the golden. Frames up
+    to the first such draw come out the same for any seed; they are found on the CPU with other seeds, and a later
+    batch counts only if every earlier one was wholly seed-independent (it carries the earlier codes)."""
+    directory, config, _, _ = parts
+    model = load_model(directory, config, torch.float32, "cpu")
+    result = {}
+    for name in CASES:
+        runs = [greedy_segments(model, parts, name, seed) for seed in (None, 1234, 98765)]
+        counts, whole = [], True
+        for batch in zip(*runs):
+            same = torch.stack([(b == batch[0]).all(dim=0) for b in batch]).all(dim=0)
+            n = int(same.long().cumprod(0).sum()) if whole else 0
+            counts.append(n)
+            whole = whole and n == batch[0].shape[1]
+        result[name] = counts
+    return result
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -83,13 +106,19 @@ def test_slow_logits_match_golden_on_cuda(parts, name):
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("options", [dict(), dict(check_every=1), dict(static=True, cuda_graph=True)],
                          ids=["default", "per-frame-check", "cuda-graph"])
-def test_greedy_generation_matches_golden_on_cuda(parts, name, options):
+def test_greedy_generation_matches_golden_on_cuda(parts, seed_independent_frames, name, options):
     model = model_on_cuda(parts)
     got = greedy_segments(model, parts, name, **options)
     expected = DUAL_AR.meta["cases"][name]["modes"]["greedy"]["batches"]
     assert len(got) == len(expected)
-    for b, codes in enumerate(got):
-        assert torch.equal(codes, DUAL_AR[f"{name}/greedy/batch{b}.yielded_codes"]), f"{name} batch {b}"
+    counts = seed_independent_frames[name]
+    assert counts[0] > 0
+    for b, (codes, n) in enumerate(zip(got, counts)):
+        golden = DUAL_AR[f"{name}/greedy/batch{b}.yielded_codes"]
+        if n == golden.shape[1]:
+            assert torch.equal(codes, golden), f"{name} batch {b}"
+        else:
+            assert torch.equal(codes[:, :n], golden[:, :n]), f"{name} batch {b}, first {n} frames"
 
 
 def test_codec_decode_matches_golden_on_cuda():
@@ -133,8 +162,8 @@ def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
 
     tts = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16")
     text = "<|speaker:0|>Hello from the graph. <|speaker:1|>[whisper] And from the eager path."
-    eager = tts.generate(text, seed=11, max_frames=48)
-    graphed = tts.generate(text, seed=11, max_frames=48, cuda_graph=True)
+    eager = tts.generate(text, seed=11, max_frames=48, cuda_graph=False)
+    graphed = tts.generate(text, seed=11, max_frames=48)  # CUDA graph by default on CUDA
     assert torch.equal(eager.codes, graphed.codes)
     audio = tts.decode(graphed.codes)
     assert audio.shape == (1, graphed.num_frames * tts.codec.frame_length)
@@ -143,5 +172,14 @@ def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
     quantized = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16", int8=True)
     assert not any(isinstance(m, torch.nn.Linear) for m in quantized.model.modules())
     assert any(p.dtype == torch.int8 and p.is_cuda for p in quantized.model.buffers())
-    take = quantized.generate(text, seed=11, max_frames=48, cuda_graph=True)
+    take = quantized.generate(text, seed=11, max_frames=48)
     assert take.num_frames > 0 and take.codes.device.type == "cpu"
+
+
+def test_compiled_blocks_in_a_cuda_graph_match_golden(parts, seed_independent_frames):
+    """torch.compile'd blocks captured in the CUDA graph (the fastest path) still give the official codes."""
+    model = model_on_cuda(parts).compile_blocks()
+    for name in ("plain", "dialogue"):
+        got = greedy_segments(model, parts, name, static=True, cuda_graph=True)
+        n = seed_independent_frames[name][0]
+        assert torch.equal(got[0][:, :n], DUAL_AR[f"{name}/greedy/batch0.yielded_codes"][:, :n]), name

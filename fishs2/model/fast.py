@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock
+from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, rope_rotation
 
 # The official fast AR computes attention by hand in the activation dtype over its 10-slot cache.
 FAST_ATTENTION = AttentionMode(filled_only=True, native_gqa=False, manual=True)
@@ -28,9 +28,9 @@ class FastTransformer(nn.Module):
 
         Position 0 (the slow hidden state) only fills the cache; its logits are unused at inference.
         """
-        table = rope[position : position + 1]
+        rotation = rope_rotation(rope[position : position + 1])
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, table, cache, position, FAST_ATTENTION)
+            x = layer(x, rotation, cache, position, FAST_ATTENTION, None)
         if not with_logits:
             return None
         return self.output(self.norm(x))

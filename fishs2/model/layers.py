@@ -26,8 +26,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # F.rms_norm without a weight is the same fp32 formula in fewer kernels (one, where PyTorch fuses it).
+        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
 
 
 def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
@@ -42,14 +42,23 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Ten
     return torch.stack([unit.real, unit.imag], dim=-1).to(torch.bfloat16)
 
 
-def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs (2i, 2i+1) of x [B, T, H, D] by table [T, D/2, 2] (or [B, T, D/2, 2]: positions
-    per sequence); computed in fp32."""
+def rope_rotation(table: torch.Tensor) -> torch.Tensor:
+    """RoPE rows [T, D/2, 2] (or [B, T, D/2, 2]: positions per sequence) → (cos, sin) pairs [1 or B, T, 1, D/2, 2]
+    in fp32. A transformer builds this once per forward and every layer shares it."""
+    rotation = table.float().contiguous()
+    return (rotation if rotation.dim() == 4 else rotation[None])[:, :, None]
+
+
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (a, b) = (2i, 2i+1) of x [B, T, H, D] by `rope_rotation` [1 or B, T, 1, D/2, 2] in
+    fp32: (a·cos − b·sin, b·cos + a·sin)."""
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    cos_sin = table.float().view(-1, x.shape[1], 1, pairs.shape[-2], 2)
-    cos, sin = cos_sin[..., 0], cos_sin[..., 1]
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    if torch.compiler.is_compiling():  # inductor fuses the real form into one kernel (it has no complex codegen)
+        cos, sin = rotation[..., 0], rotation[..., 1]
+        a, b = pairs[..., 0], pairs[..., 1]
+        rotated = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
+    else:  # eager: the same product as one complex multiply instead of six elementwise kernels
+        rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rotation))
     return rotated.flatten(3).type_as(x)
 
 
@@ -92,11 +101,11 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def write(self, start: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, H, T, D] for positions start … start+T-1; `start` may be a device tensor (static decoding)."""
+        """k, v: [B, H, T, D] for slots start … start+T-1, or for the slots of a device tensor `start` [T] (static
+        decoding, where the position lives on the device)."""
         if isinstance(start, torch.Tensor):
-            positions = start + torch.arange(k.shape[2], device=k.device)
-            self.k.index_copy_(2, positions, k)
-            self.v.index_copy_(2, positions, v)
+            self.k.index_copy_(2, start, k)
+            self.v.index_copy_(2, start, v)
         else:
             self.k[:, :, start : start + k.shape[2]] = k
             self.v[:, :, start : start + v.shape[2]] = v
@@ -115,7 +124,7 @@ class Attention(nn.Module):
             self.k_norm = nn.RMSNorm(config.head_dim, eps=eps)
         self.eps = eps
 
-    def qkv(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, x: torch.Tensor, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, dim] → q [B, H, T, D], k, v [B, Hkv, T, D] (k after QK-norm and RoPE)."""
         c = self.config
         B, T, _ = x.shape
@@ -126,31 +135,26 @@ class Attention(nn.Module):
         if c.qk_norm:
             q = F.rms_norm(q, (c.head_dim,), self.q_norm.weight, self.eps)
             k = F.rms_norm(k, (c.head_dim,), self.k_norm.weight, self.eps)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
         self,
         x: torch.Tensor,
-        rope: torch.Tensor,
+        rotation: torch.Tensor,
         cache: KVCache,
         start: int | torch.Tensor,
         mode: AttentionMode,
-        padding: torch.Tensor | None = None,
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x [B, T, dim] in cache slots start … start+T-1 → [B, T, dim]. `padding` [B, 1, 1, capacity] marks the
-        slots of left padding, which sequences of a batch with different prompt lengths begin with."""
+        """x [B, T, dim] in cache slots start … start+T-1 (or the slots of a device tensor `start` [T]) → [B, T, dim].
+        `mask` comes from `attention_mask` (None: a causal prompt from slot 0, or one query over the filled cache)."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x, rope)
+        q, k, v = self.qkv(x, rotation)
         cache.write(start, k, v)
-        kv_len = start + T if mode.filled_only else cache.capacity
+        kv_len = mask.shape[-1] if mask is not None else start + T
         keys, values = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
-        causal = mode.filled_only and start == 0 and T > 1 and padding is None
-        mask = None
-        if padding is not None:
-            mask = padded_causal_mask(start, T, padding[..., :kv_len])
-        elif not causal and not (mode.filled_only and T == 1):
-            mask = causal_mask(start, T, kv_len, x.device)
+        causal = mask is None and T > 1
         if mode.manual:
             out = manual_attention(q, *expand_kv(keys, values, q.shape[1]), mask)
         elif not mode.native_gqa:
@@ -179,7 +183,7 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     q = q.reshape(B, Hkv, H // Hkv * T, D)  # query heads of one group are adjacent
     scores = (q @ k.transpose(-2, -1)).view(B, Hkv, H // Hkv, T, -1) * (1.0 / math.sqrt(D))
     if mask is not None:
-        scores = scores.masked_fill(~mask[:, :, None], float("-inf"))
+        scores = torch.where(mask[:, :, None], scores, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
     return (probs.view(B, Hkv, -1, k.shape[2]) @ v).view(B, H, T, D)
 
@@ -191,6 +195,21 @@ def manual_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is not None:
         scores = scores + torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
+
+
+def attention_mask(
+    start: int | torch.Tensor, length: int, capacity: int, mode: AttentionMode, padding: torch.Tensor | None, device
+) -> torch.Tensor | None:
+    """The boolean mask [1 or B, 1, length, kv_len] (True: visible) that every layer of one forward shares, or None
+    where attention needs none: a causal prompt from slot 0 (SDPA's is_causal) and one query over the filled cache.
+    `start` is the first slot (int, or a device tensor [1] in static decoding); `padding` [B, 1, 1, capacity] marks
+    the slots of left padding, which sequences of a batch with different prompt lengths begin with."""
+    kv_len = start + length if mode.filled_only else capacity
+    if padding is not None:
+        return padded_causal_mask(start, length, padding[..., :kv_len])
+    if mode.filled_only and (length == 1 or start == 0):
+        return None
+    return causal_mask(start, length, kv_len, device)
 
 
 def causal_mask(start: int | torch.Tensor, length: int, kv_len: int, device) -> torch.Tensor:
@@ -232,8 +251,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(config.dim, eps)
         self.ffn_norm = RMSNorm(config.dim, eps)
 
-    def forward(self, x, rope, cache: KVCache, start, mode: AttentionMode, padding=None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, cache, start, mode, padding)
+    def forward(self, x, rotation, cache: KVCache, start, mode: AttentionMode, mask) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rotation, cache, start, mode, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, frame_scale
+from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, attention_mask, frame_scale, rope_rotation
 
 
 class SlowTransformer(nn.Module):
@@ -53,8 +53,13 @@ class SlowTransformer(nn.Module):
         """inp [B, K+1, T] in cache slots start … start+T−1 → (logits, hidden), of the last position only
         unless `last_only` is False. `padding`: see `Attention.forward`."""
         x = self.embed(inp)
+        T = x.shape[1]
+        mask = attention_mask(start, T, caches[0].capacity, mode, padding, x.device)
+        if isinstance(start, torch.Tensor):  # static decoding: the slots of this step, computed once for all layers
+            start = start.reshape(-1)[:1] + torch.arange(T, device=x.device)
+        rotation = rope_rotation(rope)
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, rope, cache, start, mode, padding)
+            x = layer(x, rotation, cache, start, mode, mask)
         if last_only:
             x = x[:, -1:]
         return self.head(x)
