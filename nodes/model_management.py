@@ -117,7 +117,7 @@ def resolve_dtype(name: str, device: torch.device):
 
 
 def load_handle(source: str, dtype_name: str, attention: str = "fast", models_dir: str | None = None,
-                models_root=None) -> FishS2Handle:
+                models_root=None, compile: bool = False) -> FishS2Handle:
     """Load a checkpoint directory or hub id onto ComfyUI's offload device; download progress goes to the UI."""
     import comfy.utils
 
@@ -135,6 +135,7 @@ def load_handle(source: str, dtype_name: str, attention: str = "fast", models_di
     if attention not in ATTENTION:
         raise ValueError(f"attention: {attention!r} is not one of {', '.join(ATTENTION)}.")
     tts = FishS2.from_pretrained(source, device=mm.unet_offload_device(), dtype=dtype, models_dir=models_dir,
-                                 progress=progress, models_root=models_root, int8=dtype_name == "int8")
-    log.info("fishs2: loaded %s (%s, %s attention) on %s", source, dtype, attention, tts.device)
+                                 progress=progress, models_root=models_root, int8=dtype_name == "int8", compile=compile)
+    log.info("fishs2: loaded %s (%s, %s attention%s) on %s", source, dtype, attention,
+             ", compiled" if compile else "", tts.device)
     return FishS2Handle(tts, source, dtype_name, attention)

@@ -168,6 +168,14 @@ def test_load_model_output_is_one_shared_object_with_patchers(model):
     assert model.sample_rate == 44100
     assert model.tts.dtype == torch.float32  # auto on CPU
 
+def test_load_model_compile_option_compiles_the_blocks(N):
+    plain = run(N["FishS2LoadModel"], checkpoint="s2-pro", dtype="fp32", attention="fast").outputs[0]
+    compiled = run(N["FishS2LoadModel"], checkpoint="s2-pro", dtype="fp32", attention="fast", compile=True).outputs[0]
+    blocks = lambda handle: [*handle.tts.model.slow.layers, *handle.tts.model.fast.layers]  # noqa: E731
+    assert all(b._compiled_call_impl is None for b in blocks(plain))
+    assert all(b._compiled_call_impl is not None for b in blocks(compiled))
+
+
 
 @pytest.mark.parametrize("bad", ["../etc", "missing", "a/b"])
 def test_load_model_bad_checkpoint_names(N, bad):

@@ -157,6 +157,16 @@ def test_int8_loading_quantises_and_generates(tiny_checkpoint_dir, tiny_tts):
     assert result.codes.shape[0] == 10 and 1 <= result.num_frames <= 6
 
 
+def test_compiled_model_generates_the_same_codes(tiny_checkpoint_dir, tiny_tts):
+    from fishs2 import FishS2
+
+    compiled = FishS2.from_pretrained(tiny_checkpoint_dir, device="cpu", dtype="fp32", compile=True)
+    assert all(block._compiled_call_impl is not None for block in compiled.model.slow.layers)
+    text = "<|speaker:0|>Compiled blocks, same speech."
+    assert torch.equal(compiled.generate(text, seed=3, max_frames=12).codes,
+                       tiny_tts.generate(text, seed=3, max_frames=12).codes)
+
+
 def test_memory_estimate_grows_with_the_request(tiny_tts):
     base = tiny_tts.memory_estimate(100, 50)
     cfg = tiny_tts.config

@@ -18,7 +18,7 @@ DECODE = {"gain_db": 0.0, "peak_normalize": False}
 
 
 def _model(i="1"):
-    return {i: {"class_type": "FishS2LoadModel", "inputs": {"checkpoint": "s2-pro", "dtype": "auto", "attention": "fast"}}}
+    return {i: {"class_type": "FishS2LoadModel", "inputs": {"checkpoint": "s2-pro", "dtype": "auto", "attention": "fast", "compile": False}}}
 
 
 def _encode(i, audio_node, transcript, name):
