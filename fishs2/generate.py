@@ -265,7 +265,8 @@ def generate_frames(
     holds frames of the decode loop.
 
     The host reads the frames every `check_every` frames (default: 1 on the CPU, 8 on other devices), so an
-    accelerator runs ahead with one host sync per block instead of one per frame. Frames computed after every
+    accelerator runs ahead with one host sync per block instead of one per frame; the first blocks are shorter
+    (1, 2, 4, … frames) so that a stream's first audio does not wait for a whole block. Frames computed after every
     sequence stopped are dropped, and each sequence's generator is rewound to its state right after its stop frame:
     the random stream — and so whatever is generated later with the same generators — does not depend on
     `check_every` or on which sequences share the batch.
@@ -291,12 +292,14 @@ def generate_frames(
     finished = torch.zeros(batch, dtype=torch.bool)
     stop_states: list[torch.Tensor | None] = [None] * batch
     produced = 1
+    block_size = 1  # blocks grow 1, 2, 4, … up to check_every: the first frames reach a stream without waiting
     while produced < max_frames and not finished.all():
         block, rng_states = [], []
-        for _ in range(min(check_every, max_frames - produced)):
+        for _ in range(min(block_size, max_frames - produced)):
             block.append(decoder().clone())
             rng_states.append([g.get_state() for g in generators])
         produced += len(block)
+        block_size = min(2 * block_size, check_every)
         for frame, states in zip(torch.stack(block).cpu(), rng_states):
             stopped = (frame[:, 0] == eos_id) & ~finished
             for b in stopped.nonzero().flatten().tolist():

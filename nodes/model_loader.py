@@ -60,9 +60,9 @@ class FishS2LoadModel(io.ComfyNode):
                     default=False,
                     optional=True,
                     tooltip=(
-                        "Compile the model with torch.compile (GPUs): the first generation waits for the compile "
-                        "(about 20 s on an H100; cached on disk for later runs), then speech is generated about 30% "
-                        "faster. Needs a working Triton install."
+                        "Compile the model with torch.compile (GPUs, bf16/fp16 weights; not with int8, which it "
+                        "slows down): the first generation waits for the compile (about 20 s on an H100; cached on "
+                        "disk for later runs), then speech is generated about 30% faster. Needs a working Triton."
                     ),
                 ),
             ],

@@ -629,6 +629,9 @@ ROWS: list[Row] = [
       ("not floating point", "I32"), ("download the original model",)),
     R("ckpt-bad-dtype-name", "checkpoint", "dtype='int8'", lambda c: FishS2.from_pretrained(
         c.checkpoint(), device="cpu", dtype="int8"), ParameterError, ("dtype='int8'",), ("use one of auto, bf16",)),
+    R("ckpt-int8-compile", "checkpoint", "int8=True, compile=True", lambda c: FishS2.from_pretrained(
+        c.checkpoint(), device="cpu", int8=True, compile=True), ParameterError, ("compile=True with int8",),
+      ("Compile bf16/fp16 weights",)),
     R("ckpt-bad-torch-dtype", "checkpoint", "dtype=torch.int8", lambda c: FishS2.from_pretrained(
         c.checkpoint(), device="cpu", dtype=torch.int8), ParameterError, ("dtype=torch.int8",), ("use one of",)),
     R("ckpt-unknown-model-type", "checkpoint", "config.json with model_type 'llama'", checkpoint_with(
