@@ -3,7 +3,8 @@ become int8 with one scale per output row; activations, norms and the codebook e
 
 Decode is memory-bound, so halving the bytes read per frame (bf16 → int8) is what speeds it up; on the CPU the
 matmul runs in `aten._weight_int8pack_mm` (int8 weights, bf16 activations); elsewhere the weight is dequantised
-for each matmul, which only saves memory unless compiled blocks (`DualAR.compile_blocks`) fuse the two.
+for each matmul, which only saves memory: on an H100 int8 decodes at 28.4 frames/s against bf16's 77.9 (both in a
+CUDA graph), and compiled blocks do not fuse the two usefully (12.8 frames/s).
 Symmetric rounding to [-127, 127] keeps the error of each weight within half a step, scale / 2.
 """
 
