@@ -184,6 +184,21 @@ def test_compiled_blocks_reproduce_the_official_generation(tmp_path):
     assert any((tmp_path / "inductor").rglob("*.py")), "nothing was compiled into the cache"
 
 
+def test_first_frames_are_yielded_before_a_whole_block_is_decoded(engine, monkeypatch):
+    """Blocks grow 1, 2, 4, then check_every: a stream gets its first frames after as few decode steps as possible."""
+    import fishs2.generate as generate
+
+    model, tokenizer, builder = engine
+    steps = []
+    decode = generate.FrameDecoder.__call__
+    monkeypatch.setattr(generate.FrameDecoder, "__call__", lambda self: steps.append(1) or decode(self))
+    prompt = builder.build("Short blocks first.", [])
+    seen = [len(steps) for _ in generate_frames(model, prompt, SamplingParams(), 24, make_generators([1], "cpu"),
+                                                 -1, check_every=8)]
+    assert seen[:9] == [0, 1, 3, 3, 7, 7, 7, 7, 15]
+    assert len(seen) == 24 and seen[-1] == 23
+
+
 def test_official_baseline_preallocates_the_whole_context(engine):
     model, tokenizer, _ = engine
     assert new_state(model, 1, 50, tokenizer.im_end_id).capacity == 50
