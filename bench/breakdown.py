@@ -4,7 +4,8 @@ a CUDA graph and timed with CUDA events.
 
     python bench/breakdown.py [--dtype bf16] [--int8] [--context 500] [--frames 16]
 
-On a CPU (`--device cpu`, with a smaller `--config`) it profiles the eager step only.
+On a CPU (`--device cpu`, with a smaller `--config`) it profiles the eager step only. Each timed call also draws
+the frame's uniforms (11 small kernels per sequence, outside the graph), as a real decode does.
 """
 
 from __future__ import annotations
@@ -21,20 +22,22 @@ sys.path.insert(0, str(ROOT))
 from bench.run import (  # noqa: E402
     DTYPES, NO_STOP, PARAMS, REAL_CONFIG, random_prompt, real_model, sync, weight_bytes_per_frame,
 )
-from fishs2.generate import FrameDecoder, new_state, prefill, sample_frame  # noqa: E402
-from fishs2.model import AttentionMode  # noqa: E402
+from fishs2.generate import StaticDecoder, prefill, sample_frame  # noqa: E402
 from fishs2.quantize import quantize_int8  # noqa: E402
 from fishs2.sampling import DeviceSampling, make_generators  # noqa: E402
 
 
-def decoder(model, context: int, capacity: int, static: bool) -> FrameDecoder:
-    state = new_state(model, 1, capacity, NO_STOP, AttentionMode())
-    params = DeviceSampling.of(PARAMS, model.dtype, model.device)
+def decoder(model, context: int, capacity: int, cuda_graph: bool) -> StaticDecoder:
+    """A static decoder (its own, not the model's kept one) with `context` random prompt positions prefilled."""
+    static = StaticDecoder(model, 1, capacity, NO_STOP)
+    state = static.begin(None)
     gens = make_generators([3], model.device)
     prompt = random_prompt(model.config, context)[None].to(model.device)
     logits, hidden = prefill(model, prompt, state)
-    first = sample_frame(model, logits, hidden, state, params, gens, None)
-    return FrameDecoder(model, state, params, gens, first, static=static)
+    first = sample_frame(model, logits, hidden, state, DeviceSampling.of(PARAMS, model.dtype, model.device), gens,
+                         None)
+    static.start(PARAMS, gens, first, cuda_graph)
+    return static
 
 
 def main() -> None:
@@ -55,7 +58,7 @@ def main() -> None:
     weights = weight_bytes_per_frame(model)
 
     with torch.inference_mode():
-        eager = decoder(model, args.context, capacity, static=True)
+        eager = decoder(model, args.context, capacity, cuda_graph=False)
         for _ in range(3):
             eager()
         sync(device)
@@ -72,9 +75,9 @@ def main() -> None:
         if device.type != "cuda":
             return
 
-        graphed = decoder(model, args.context, capacity, static=True)
-        graphed.capture()
-        for _ in range(3):
+        del eager
+        graphed = decoder(model, args.context, capacity, cuda_graph=True)
+        for _ in range(3):  # the first call captures
             graphed()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()

@@ -4,12 +4,14 @@ of turns.
 One frame = one slow-AR step (the semantic token or `<|im_end|>`) + nine fast-AR steps (residual codebooks).
 KV caches are sized to the request (prompt + max frames) and attention reads only filled positions. Long prompts
 are prefilled in chunks; sequences of different prompt lengths share one batch, left-padded; the host checks for
-the stop every few frames; on CUDA the decode step can run as one captured graph (`FrameDecoder`).
+the stop every few frames. On CUDA the decode step runs as one captured CUDA graph (`StaticDecoder`), which the model
+keeps between requests, so only its first request pays for the capture.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -19,11 +21,12 @@ from .errors import ParameterError, TextError
 from .model import AttentionMode, DualAR
 from .model.layers import KVCache, rope_table
 from .prompt import Exchange, PromptBuilder, Reference
-from .sampling import RAS_WINDOW, DeviceSampling, SamplingParams, sample
+from .sampling import RAS_WINDOW, DeviceSampling, FrameUniforms, SamplingParams, sample
 
 log = logging.getLogger(__name__)
 
 PREFILL_CHUNK = 2048  # prompt positions per prefill forward: bounds activation memory for long prompts
+STATIC_SLOTS = 1024  # a static decoder's cache holds a multiple of this many positions (see `static_capacity`)
 
 
 @dataclass
@@ -119,19 +122,22 @@ def sample_frame(
     hidden: torch.Tensor,
     state: DecodeState,
     params: SamplingParams | DeviceSampling,
-    generators: list[torch.Generator],
+    generators: list[torch.Generator] | None,
     window: torch.Tensor | None,
+    uniforms: FrameUniforms | None = None,
 ) -> torch.Tensor:
     """One frame column [B, K+1] = [main token, c0 … c_{K−1}] from the slow outputs (spec §6.3).
 
-    RNG order per frame, per sequence: main token, RAS alternative, then codebooks 1 … K−1.
+    RNG order per frame, per sequence: main token, RAS alternative, then codebooks 1 … K−1 — drawn here from
+    `generators`, or read from `uniforms` that `FrameUniforms.draw` filled in that order.
     """
     cfg = model.config
     if isinstance(params, SamplingParams):
         params = DeviceSampling.of(params, logits.dtype, logits.device)
+    tokens = (None, None) if uniforms is None else (uniforms.tokens[:, 0], uniforms.tokens[:, 1])
     biased = logits + state.allowed_bias
-    main = sample(biased, params.temperature, params.top_p, params.top_k, generators)
-    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators)
+    main = sample(biased, params.temperature, params.top_p, params.top_k, generators, tokens[0])
+    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1])
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)
@@ -143,87 +149,172 @@ def sample_frame(
     codes = [code]
     for k in range(1, cfg.num_codebooks):
         fast_logits = fast(fast.embeddings(code)[:, None], k, state.fast_caches, state.fast_rope)
-        code = sample(fast_logits[:, -1], params.temperature, params.top_p, params.top_k, generators)
+        code = sample(fast_logits[:, -1], params.temperature, params.top_p, params.top_k, generators,
+                      None if uniforms is None else uniforms.codes[:, k - 1])
         codes.append(code)
     return torch.stack([main, *codes], dim=1)
 
 
 class FrameDecoder:
-    """The decode loop's step: the previous frame through the slow AR, then `sample_frame`, with the previous frame
-    and the RAS window (main tokens of the last decode frames) kept in buffers that each call updates in place.
+    """The decode loop's step: the previous frame through the slow AR (attention over the filled positions), then
+    `sample_frame`, with the previous frame and the RAS window (main tokens of the last decode frames) kept in
+    buffers that each call updates in place. Built per request; `StaticDecoder` is the fixed-shape variant."""
 
-    With `static=True` the position is a device tensor too and attention reads the whole request-sized cache under
-    a mask (`AttentionMode.static()`), so one call launches the same kernels on the same addresses every frame and
-    `capture()` can record it as one CUDA graph that each later call replays. Without capture the same code runs
-    eagerly (how the tests exercise it on the CPU).
-    """
-
-    def __init__(
-        self,
-        model: DualAR,
-        state: DecodeState,
-        params: DeviceSampling,
-        generators: list[torch.Generator],
-        first_frame: torch.Tensor,
-        static: bool = False,
-    ):
-        self.model, self.state, self.params, self.generators, self.static = model, state, params, generators, static
+    def __init__(self, model: DualAR, state: DecodeState, params: DeviceSampling, generators: list[torch.Generator],
+                 first_frame: torch.Tensor):
+        self.model, self.state, self.params, self.generators = model, state, params, generators
         self.frame = first_frame.clone()  # [B, K+1]: the previous frame before a call, the new one after
         self.window = torch.zeros(first_frame.shape[0], RAS_WINDOW, dtype=first_frame.dtype, device=first_frame.device)
-        self.position = torch.tensor(state.position, device=first_frame.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-
-    def run(self) -> None:
-        state = self.state
-        if self.static:
-            position = self.position.view(1)
-            logits, hidden = self.model.slow(self.frame[:, :, None], position, state.slow_caches, state.rope(position),
-                                             AttentionMode.static(), padding=state.padding)
-            logits, hidden = logits[:, -1], hidden[:, -1]
-            self.position += 1
-        else:
-            logits, hidden = slow_step(self.model, self.frame[:, :, None], state)
-        frame = sample_frame(self.model, logits, hidden, state, self.params, self.generators, self.window)
-        self.window.copy_(torch.cat([self.window[:, 1:], frame[:, :1]], dim=1))
-        self.frame.copy_(frame)
 
     def __call__(self) -> torch.Tensor:
         """Decode one frame → the frame buffer [B, K+1] (overwritten by the next call)."""
-        if self.static:
-            check_capacity(self.state, self.state.position + 1)
-            self.state.position += 1
-        if self.graph is not None:
+        logits, hidden = slow_step(self.model, self.frame[:, :, None], self.state)
+        frame = sample_frame(self.model, logits, hidden, self.state, self.params, self.generators, self.window)
+        self.window.copy_(torch.cat([self.window[:, 1:], frame[:, :1]], dim=1))
+        self.frame.copy_(frame)
+        return self.frame
+
+
+def static_capacity(positions: int, max_seq_len: int) -> int:
+    """Cache slots of a static decoder for a request of `positions` positions: rounded up to a multiple of
+    `STATIC_SLOTS` (at most the model's context), so that requests of similar lengths — the segments of a
+    dialogue, the takes of a line — share one decoder and its captured graph. Static attention reads every slot
+    under a mask; at the real model's size the rounding adds at most 147 MiB to the ~15 GiB a frame reads."""
+    rounded = -(-positions // STATIC_SLOTS) * STATIC_SLOTS
+    return max(positions, min(rounded, max_seq_len))
+
+
+class StaticDecoder:
+    """The decode step with fixed shapes and fixed addresses, reusable across requests (spec §6.3 numerics).
+
+    It owns a request-independent `DecodeState` — caches of `capacity` slots for `batch` sequences — and buffers for
+    everything a step reads: the previous frame, the RAS window, the position, the padding, the sampling settings
+    and the frame's uniforms, which each call draws from the request's generators before the step
+    (`FrameUniforms`). The step itself reads buffers only and never the host, so on CUDA it is captured once as a
+    CUDA graph (`capture`) that every later frame of every later request replays. Attention reads the whole cache
+    under a mask (`AttentionMode.static()`); stale slots of an earlier request are masked like empty ones.
+
+    The model keeps the last one built (`acquire`); moving or casting the model drops it (`DualAR._apply`).
+    """
+
+    def __init__(self, model: DualAR, batch: int, capacity: int, eos_id: int, mode: AttentionMode | None = None):
+        cfg, device = model.config, model.device
+        self._model = weakref.ref(model)  # the model keeps this decoder: no reference cycle to outlive it
+        self.key = (batch, capacity, eos_id, mode or AttentionMode(), model.dtype, device)
+        self.weights = model.weight_addresses()
+        self.state = new_state(model, batch, capacity, eos_id, mode)
+        self.frame = torch.zeros(batch, cfg.num_codebooks + 1, dtype=torch.long, device=device)
+        self.window = torch.zeros(batch, RAS_WINDOW, dtype=torch.long, device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.pad = torch.zeros(batch, dtype=torch.long, device=device)
+        self.padding = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)
+        self.sampling = DeviceSampling.of(SamplingParams(), model.dtype, device, top_k_on_device=True)
+        self.uniforms = FrameUniforms(batch, cfg.vocab_size, cfg.num_codebooks, cfg.codebook_size, model.dtype, device)
+        self.generators: list[torch.Generator] = []
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.use_graph = False
+        self.busy = False
+
+    @property
+    def model(self) -> DualAR:
+        return self._model()
+
+    def fits(self, model: DualAR, batch: int, capacity: int, eos_id: int, mode: AttentionMode | None) -> bool:
+        return (not self.busy and self.key == (batch, capacity, eos_id, mode or AttentionMode(), model.dtype,
+                                               model.device) and self.weights == model.weight_addresses())
+
+    @classmethod
+    def acquire(cls, model: DualAR, batch: int, positions: int, eos_id: int,
+                mode: AttentionMode | None = None) -> "StaticDecoder":
+        """The model's kept decoder when it fits this request (same batch, capacity bucket, weights) and is free,
+        else a new one, which the model keeps instead. A decoder in use by another stream on the same model is
+        left alone: this request gets its own."""
+        capacity = static_capacity(positions, model.config.max_seq_len)
+        kept = model.static_decoder
+        if kept is not None and kept.fits(model, batch, capacity, eos_id, mode):
+            return kept
+        if kept is not None and not kept.busy:
+            model.static_decoder = kept = None  # free its caches and graph before allocating the new ones
+        decoder = cls(model, batch, capacity, eos_id, mode)
+        if kept is None:
+            model.static_decoder = decoder
+        return decoder
+
+    def begin(self, pad: torch.Tensor | None) -> DecodeState:
+        """Start a request whose sequences begin with `pad` [B] padding slots (or none) → the state to prefill."""
+        state = self.state
+        state.position = 0
+        state.pad = None if pad is None else pad.to(self.pad.device)
+        state.padding = None
+        self.pad.zero_()
+        self.padding.zero_()
+        if state.pad is not None:
+            self.pad.copy_(state.pad)
+            self.padding.copy_((torch.arange(state.capacity, device=self.pad.device) < state.pad[:, None])[:, None, None])
+            state.padding = self.padding
+        return state
+
+    def start(self, params: SamplingParams, generators: list[torch.Generator], first_frame: torch.Tensor,
+              cuda_graph: bool = False) -> None:
+        """After the prefill and the first frame: load the request into the buffers."""
+        self.frame.copy_(first_frame)
+        self.window.zero_()
+        self.position.fill_(self.state.position)
+        self.sampling.fill_(params)
+        self.generators = generators
+        self.use_graph = cuda_graph
+
+    def step(self) -> None:
+        """One frame from the buffers into the buffers: what the CUDA graph records."""
+        state, position = self.state, self.position.view(1)
+        rope = state.slow_rope[(position[None] - self.pad[:, None]).clamp(min=0)]  # [B, 1, D/2, 2]
+        logits, hidden = self.model.slow(self.frame[:, :, None], position, state.slow_caches, rope,
+                                         AttentionMode.static(), padding=self.padding)
+        frame = sample_frame(self.model, logits[:, -1], hidden[:, -1], state, self.sampling, None, self.window,
+                             self.uniforms)
+        self.window.copy_(torch.cat([self.window[:, 1:], frame[:, :1]], dim=1))
+        self.frame.copy_(frame)
+        self.position += 1
+
+    def __call__(self) -> torch.Tensor:
+        """Decode one frame → the frame buffer [B, K+1] (overwritten by the next call)."""
+        check_capacity(self.state, self.state.position + 1)
+        self.state.position += 1
+        self.uniforms.draw(self.generators)
+        if self.use_graph and self.graph is None:
+            self.capture()
+        if self.use_graph:
             self.graph.replay()
         else:
-            self.run()
+            self.step()
         return self.frame
 
     def capture(self) -> None:
-        """Record `run()` as a CUDA graph (after a warm-up run on a side stream). Buffers, position and generator
-        states are restored afterwards, so capturing consumes no frame and no random numbers."""
-        if not self.static or self.frame.device.type != "cuda":
-            raise ValueError("CUDA graphs need a static FrameDecoder on a CUDA device.")
+        """Record `step()` as a CUDA graph (after a warm-up step on a side stream). The buffers a step advances are
+        restored afterwards, so capturing consumes no frame; it draws no random numbers at all."""
+        if self.frame.device.type != "cuda":
+            raise ValueError("CUDA graphs need a model on a CUDA device.")
         buffers = (self.frame, self.window, self.position)
         saved = [b.clone() for b in buffers]
-        rng = [g.get_state() for g in self.generators]
 
         def restore():
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
-            for g, value in zip(self.generators, rng):
-                g.set_state(value)
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self.run()
-            restore()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        for g in self.generators:
-            graph.register_generator_state(g)
-        with torch.cuda.graph(graph):
-            self.run()
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.step()
+                restore()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.step()
+        except BaseException:
+            if self.model.static_decoder is self:  # e.g. out of memory mid-capture: build afresh next time
+                self.model.static_decoder = None
+            raise
         restore()
         self.graph = graph
 
@@ -271,8 +362,8 @@ def generate_frames(
     the random stream — and so whatever is generated later with the same generators — does not depend on
     `check_every` or on which sequences share the batch.
 
-    `static` decodes with fixed shapes (`FrameDecoder(static=True)`); `cuda_graph` (CUDA only, implies `static`)
-    captures that step as one CUDA graph and replays it per frame.
+    `static` decodes with the model's reusable fixed-shape decoder (`StaticDecoder`); `cuda_graph` (CUDA only,
+    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request.
     """
     prompt, pad = left_pad(prompt)
     batch, _, length = prompt.shape
@@ -281,14 +372,31 @@ def generate_frames(
     device = model.device
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
-    state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
     sampling = DeviceSampling.of(params, model.dtype, device)
-    logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
-    frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
-    yield frame.cpu()
-    decoder = FrameDecoder(model, state, sampling, generators, frame, static=static or cuda_graph)
-    if cuda_graph:
-        decoder.capture()
+    if static or cuda_graph:
+        decoder = StaticDecoder.acquire(model, batch, length + max_frames, eos_id, mode)
+        decoder.busy = True
+        state = decoder.begin(pad)
+    else:
+        state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
+    try:
+        logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
+        frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
+        yield frame.cpu()
+        if static or cuda_graph:
+            decoder.start(params, generators, frame, cuda_graph)
+        else:
+            decoder = FrameDecoder(model, state, sampling, generators, frame)
+        yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
+    finally:
+        if static or cuda_graph:
+            decoder.busy = False
+            decoder.generators = []
+
+
+def _decode_loop(decoder: FrameDecoder | StaticDecoder, generators: list[torch.Generator], batch: int,
+                 max_frames: int, eos_id: int, check_every: int) -> Iterator[torch.Tensor]:
+    """The frames after the first: blocks of decoder calls, one host read per block (see `generate_frames`)."""
     finished = torch.zeros(batch, dtype=torch.bool)
     stop_states: list[torch.Tensor | None] = [None] * batch
     produced = 1

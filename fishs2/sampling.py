@@ -42,28 +42,55 @@ def sample(
     logits: torch.Tensor,
     temperature: float | torch.Tensor,
     top_p: float | torch.Tensor,
-    top_k: int,
-    generators: list[torch.Generator],
+    top_k: int | torch.Tensor,
+    generators: list[torch.Generator] | None,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator.
+    """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator, or reads them
+    from `uniforms` [B, V] when they were drawn beforehand (`FrameUniforms`).
 
-    `temperature` and `top_p` may be 0-dim tensors in the logits' dtype and device (see `DeviceSampling`), which
-    keeps the function free of host → device copies.
+    `temperature` and `top_p` may be 0-dim tensors in the logits' dtype and device (see `DeviceSampling`), and
+    `top_k` a 0-dim integer tensor, which keeps the function free of host → device copies and host reads.
     """
     dtype = logits.dtype
     sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
     cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
     remove = cumulative > torch.as_tensor(top_p, dtype=dtype, device=logits.device)
-    remove[:, top_k:] = True
+    if isinstance(top_k, torch.Tensor):  # the same cut as the slice below, read from the device
+        remove |= torch.arange(remove.shape[-1], device=remove.device) >= top_k
+    else:
+        remove[:, top_k:] = True
     remove[:, 0] = False
     remove = remove.scatter(-1, sorted_ids, remove)
     logits = logits.masked_fill(remove, float("-inf"))
     logits = logits / torch.clamp(torch.as_tensor(temperature, dtype=dtype, device=logits.device), min=1e-5)
     probs = torch.softmax(logits, dim=-1)
-    uniforms = torch.stack(
-        [torch.rand(probs.shape[-1], generator=g, dtype=dtype, device=probs.device) for g in generators]
-    )
+    if uniforms is None:
+        uniforms = torch.stack(
+            [torch.rand(probs.shape[-1], generator=g, dtype=dtype, device=probs.device) for g in generators]
+        )
     return torch.argmax(probs / -torch.log(uniforms), dim=-1)
+
+
+class FrameUniforms:
+    """The uniforms one frame consumes, per sequence: main token and RAS alternative (`tokens` [B, 2, V]), then
+    codebooks 1 … K−1 (`codes` [B, K−1, C]).
+
+    `draw` fills them from each sequence's generator with the calls, sizes and order of the eager `sample_frame`,
+    so a frame sampled from these buffers equals the eager one and leaves the generators in the same state. A step
+    that reads its randomness from buffers draws nothing itself, which is what lets one captured CUDA graph serve
+    any request's generators.
+    """
+
+    def __init__(self, batch: int, vocab: int, num_codebooks: int, codebook_size: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.tokens = torch.full((batch, 2, vocab), 0.5, dtype=dtype, device=device)
+        self.codes = torch.full((batch, num_codebooks - 1, codebook_size), 0.5, dtype=dtype, device=device)
+
+    def draw(self, generators: list[torch.Generator]) -> None:
+        for row, g in enumerate(generators):
+            for buffer in (*self.tokens[row], *self.codes[row]):
+                buffer.uniform_(generator=g)  # the kernel torch.rand runs: same numbers, same generator offset
 
 
 @dataclass(frozen=True)
@@ -71,19 +98,29 @@ class DeviceSampling:
     """`SamplingParams` with the temperatures and top-p thresholds of a frame (main token, RAS alternative) as
     0-dim tensors on the model's device, built once per request so that sampling makes no host → device copies."""
 
-    top_k: int
+    top_k: int | torch.Tensor
     temperature: torch.Tensor
     top_p: torch.Tensor
     ras_temperature: torch.Tensor
     ras_top_p: torch.Tensor
 
     @classmethod
-    def of(cls, params: SamplingParams, dtype: torch.dtype, device: torch.device) -> "DeviceSampling":
+    def of(cls, params: SamplingParams, dtype: torch.dtype, device: torch.device,
+           top_k_on_device: bool = False) -> "DeviceSampling":
+        """`top_k_on_device`: top_k as a 0-dim int64 tensor too (static decoding, where `fill_` rewrites it)."""
         def tensor(value: float) -> torch.Tensor:
             return torch.tensor(value, dtype=dtype, device=device)
 
-        return cls(params.top_k, tensor(params.temperature), tensor(params.top_p), tensor(RAS_TEMPERATURE),
+        top_k = torch.tensor(params.top_k, device=device) if top_k_on_device else params.top_k
+        return cls(top_k, tensor(params.temperature), tensor(params.top_p), tensor(RAS_TEMPERATURE),
                    tensor(RAS_TOP_P))
+
+    def fill_(self, params: SamplingParams) -> None:
+        """Write another request's settings into these tensors in place (made with `top_k_on_device`): a captured
+        CUDA graph keeps reading the same addresses."""
+        self.top_k.fill_(params.top_k)
+        self.temperature.fill_(params.temperature)
+        self.top_p.fill_(params.top_p)
 
 
 def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:

@@ -71,6 +71,8 @@ class FishS2Handle:
         positions = prompt_len + max_frames
         if self.attention == "official":
             positions = config.max_seq_len  # the official formulation preallocates the whole context
+        elif mm.get_torch_device().type == "cuda":  # the CUDA-graph decoder rounds its cache up to a bucket
+            positions = engine("generate").static_capacity(min(positions, config.max_seq_len), config.max_seq_len)
         estimate = engine("memory").estimate_memory(
             config, min(positions, config.max_seq_len), prompt=min(prompt_len, config.max_seq_len),
             dtype=self.tts.dtype, int8=self.tts.int8, codec_window_frames=None,

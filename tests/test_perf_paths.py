@@ -1,5 +1,6 @@
 """The speed paths give the results of the reference path: static decoding (the CUDA-graph step, run eagerly on the
-CPU), blocked stop checks, chunked prefill, batched takes; and the official-formulation baseline of bench/."""
+CPU) and the reuse of its decoder across requests, blocked stop checks, chunked prefill, batched takes; and the
+official-formulation baseline of bench/."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import torch
 from fishs2.checkpoint import load_model
 from fishs2.config import ModelConfig
 from fishs2.generate import (
-    FrameDecoder, generate_frames, generate_segments, left_pad, new_state, prefill, sample_frame, slow_step,
+    FrameDecoder, StaticDecoder, generate_frames, generate_segments, left_pad, new_state, prefill, sample_frame,
+    slow_step, static_capacity,
 )
 from fishs2.model import AttentionMode
 from fishs2.prompt import PromptBuilder, Reference, group_batches
@@ -67,30 +69,53 @@ def test_paths_reproduce_the_official_generation(engine, name, mode, options):
         assert torch.equal(g, e)
 
 
+def decode_with(decoder_of, model, prompt, params, eos_id, seeds, frames=5):
+    """Prefill `prompt`, sample the first frame, then `frames` decoder calls → (frames, state, generator states)."""
+    gens = make_generators(seeds, "cpu")
+    with torch.inference_mode():
+        decoder, state = decoder_of(prompt.shape[0], prompt.shape[-1] + frames + 1)
+        logits, hidden = prefill(model, prompt, state)
+        first = sample_frame(model, logits, hidden, state, DeviceSampling.of(params, model.dtype, model.device), gens,
+                             None)
+        decoder = decoder(first, gens)
+        out = torch.stack([decoder().clone() for _ in range(frames)])
+    return out, state, [g.get_state() for g in gens]
+
+
 def test_static_step_matches_dynamic_step(engine):
-    """One static decode step (mask over the whole request-sized cache, grouped attention) ≈ the filled-only step."""
+    """The static decoder's step (mask over the whole cache, uniforms drawn before the step) gives the frames, cache
+    and generator states of the dynamic step."""
     model, tokenizer, builder = engine
     prompt = builder.build("Hello there, this is a test.", [])[None]
-    params = DeviceSampling.of(SamplingParams(), model.dtype, model.device)
-    outputs = []
-    for static in (False, True):
-        state = new_state(model, 1, prompt.shape[-1] + 8, tokenizer.im_end_id)
-        gens = make_generators([3], "cpu")
-        with torch.inference_mode():
-            logits, hidden = prefill(model, prompt, state)
-            first = sample_frame(model, logits, hidden, state, params, gens, None)
-            decoder = FrameDecoder(model, state, params, gens, first, static=static)
-            frames = [decoder().clone() for _ in range(5)]
-        outputs.append((torch.stack(frames), state.position, [c.k.clone() for c in state.slow_caches]))
-    assert torch.equal(outputs[0][0], outputs[1][0])
-    assert outputs[0][1] == outputs[1][1]
-    for a, b in zip(outputs[0][2], outputs[1][2]):
-        torch.testing.assert_close(a, b, **TOL)
+    params = SamplingParams()
+    eos = tokenizer.im_end_id
+
+    def dynamic(batch, capacity):
+        state = new_state(model, batch, capacity, eos)
+        device_params = DeviceSampling.of(params, model.dtype, model.device)
+        return (lambda first, gens: FrameDecoder(model, state, device_params, gens, first)), state
+
+    def static(batch, capacity):
+        decoder = StaticDecoder(model, batch, capacity, eos)
+
+        def start(first, gens):
+            decoder.start(params, gens, first)
+            return decoder
+        return start, decoder.begin(None)
+
+    (frames_a, state_a, rng_a), (frames_b, state_b, rng_b) = (
+        decode_with(make, model, prompt, params, eos, [3]) for make in (dynamic, static))
+    assert torch.equal(frames_a, frames_b)
+    assert state_a.position == state_b.position
+    assert all(torch.equal(a, b) for a, b in zip(rng_a, rng_b))
+    for a, b in zip(state_a.slow_caches, state_b.slow_caches):
+        torch.testing.assert_close(a.k[:, :, :state_a.position], b.k[:, :, :state_b.position], **TOL)
 
 
 def test_static_step_never_reads_device_values_on_the_host(engine):
     """What CUDA graph capture needs, checked on the CPU: the static step makes no host read of a tensor value
-    (`.item()`, `bool()`, data-dependent shapes), so it runs without syncs and can be recorded once."""
+    (`.item()`, `bool()`, data-dependent shapes), so it runs without syncs and can be recorded once; and it draws
+    no random numbers (they come from buffers), so one recording serves any request's generators."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):
@@ -105,17 +130,98 @@ def test_static_step_never_reads_device_values_on_the_host(engine):
     model, tokenizer, builder = engine
     prompts = [builder.build("A static step.", []), builder.build("And a longer, padded one.", [])]
     prompt, pad = left_pad(prompts)
-    state = new_state(model, 2, prompt.shape[-1] + 4, tokenizer.im_end_id, pad=pad)
-    params = DeviceSampling.of(SamplingParams(), model.dtype, model.device)
+    decoder = StaticDecoder(model, 2, prompt.shape[-1] + 4, tokenizer.im_end_id)
+    state = decoder.begin(pad)
+    params = SamplingParams()
     gens = make_generators([1, 2], "cpu")
     with torch.inference_mode():
         logits, hidden = prefill(model, prompt, state)
-        first = sample_frame(model, logits, hidden, state, params, gens, None)
-        decoder = FrameDecoder(model, state, params, gens, first, static=True)
+        first = sample_frame(model, logits, hidden, state, DeviceSampling.of(params, model.dtype, model.device), gens,
+                             None)
+        decoder.start(params, gens, first)
+        decoder.uniforms.draw(gens)
         with Ops() as ops:
-            decoder.run()
-    assert "aten::rand" in ops.names and "aten::index_copy_" in ops.names  # the step was recorded
+            decoder.step()
+    assert "aten::index_copy_" in ops.names and "aten::argmax" in ops.names  # the step was recorded
     assert not {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::item"} & ops.names
+    assert not {"aten::rand", "aten::uniform_", "aten::normal_", "aten::multinomial"} & ops.names
+
+
+def test_static_capacity_rounds_to_shared_buckets():
+    assert [static_capacity(n, 32768) for n in (1, 356, 1024, 1025, 4000)] == [1024, 1024, 1024, 2048, 4096]
+    assert static_capacity(3100, 3500) == 3500  # never past the model's context …
+    assert static_capacity(3500, 3500) == 3500  # … and never under the request
+
+
+def run_frames(model, prompt, params, seeds, frames=12, **options):
+    return torch.stack(list(generate_frames(model, prompt, params, frames, make_generators(seeds, "cpu"), -1,
+                                            **options)))
+
+
+def test_static_decoder_is_kept_and_reset_between_requests(engine):
+    """Requests of one batch size and capacity bucket reuse the model's decoder — whatever their prompts, padding
+    and sampling settings — and each gets exactly the frames of the per-request dynamic path."""
+    model, tokenizer, builder = engine
+    model.static_decoder = None
+    short, long = (builder.build(t, []) for t in ("Short.", "A much longer line of text than the first one."))
+    requests = [  # (prompt, sampling, seeds): batch 1 twice, then batch 2 unpadded, padded, and unpadded again
+        (short, SamplingParams(0.9, 0.9, 20), [4]),
+        (long, SamplingParams(0.7, 0.6, 5), [5]),
+        (torch.stack([short, short]), SamplingParams(), [6, 7]),
+        ([short, long], SamplingParams(0.8, 0.95, 30), [8, 9]),
+        (torch.stack([long, long]), SamplingParams(1.0, 0.8, 12), [10, 11]),
+    ]
+    kept = []
+    for prompt, params, seeds in requests:
+        static = run_frames(model, prompt, params, seeds, static=True)
+        kept.append(model.static_decoder)
+        assert torch.equal(static, run_frames(model, prompt, params, seeds))
+    assert kept[0] is kept[1] and kept[2] is kept[3] is kept[4] and kept[1] is not kept[2]
+    assert not kept[4].busy and kept[4].generators == []
+
+
+def test_dialogue_segments_share_one_static_decoder(engine, monkeypatch):
+    model, tokenizer, builder = engine
+    model.static_decoder = None
+    built = []
+    init = StaticDecoder.__init__
+    monkeypatch.setattr(StaticDecoder, "__init__", lambda self, *a, **k: built.append(1) or init(self, *a, **k))
+    name, mode = "dialogue_two_batches", "sampled"
+    got = segments(engine, name, mode, static=True)
+    assert len(got) == 2 and len(built) == 1
+    assert all(torch.equal(g, GOLDEN[f"{name}/{mode}/batch{b}.yielded_codes"]) for b, g in enumerate(got))
+
+
+def test_interleaved_static_streams_do_not_share_a_decoder(engine):
+    """Two streams on one model, consumed in turns: the second finds the kept decoder busy and gets its own."""
+    model, tokenizer, builder = engine
+    model.static_decoder = None
+    prompts = [builder.build(t, []) for t in ("First stream.", "Second stream, in turns.")]
+    params = SamplingParams(0.9, 0.9, 20)
+    streams = [generate_frames(model, p, params, 12, make_generators([s], "cpu"), -1, static=True)
+               for p, s in zip(prompts, (1, 2))]
+    frames = [[], []]
+    for pair in zip(*streams):
+        for i, frame in enumerate(pair):
+            frames[i].append(frame)
+    for i, (prompt, seed) in enumerate(zip(prompts, (1, 2))):
+        assert torch.equal(torch.stack(frames[i]), run_frames(model, prompt, params, [seed]))
+
+
+def test_moving_or_casting_the_model_drops_its_decoder():
+    directory = GOLDEN.directory / "tiny_s2"
+    config = ModelConfig.from_file(directory / "config.json")
+    model = load_model(directory, config, torch.float32, "cpu")
+    prompt = torch.zeros(config.num_codebooks + 1, 6, dtype=torch.long)
+    run_frames(model, prompt, SamplingParams(), [1], frames=3, static=True)
+    decoder = model.static_decoder
+    assert decoder is not None
+    model.to("cpu", torch.float32)  # nothing moves: the graph's addresses stay valid
+    assert model.static_decoder is decoder
+    model.double()
+    assert model.static_decoder is None
+    run_frames(model, prompt, SamplingParams(), [1], frames=3, static=True)
+    assert model.static_decoder.state.slow_caches[0].k.dtype == torch.float64
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 32])
@@ -236,3 +342,30 @@ def test_cuda_blocked_stop_checks_match_per_frame_checks(engine):
         frames = list(generate_frames(model, prompt, params, 30, gens, tokenizer.im_end_id, check_every=every))
         runs.append((torch.stack(frames), gens[0].get_state()))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+@cuda
+def test_cuda_graph_is_captured_once_and_serves_later_requests(engine, monkeypatch):
+    """The model keeps its decoder and graph: later requests — other prompts, padding, sampling settings and
+    generators — replay the first request's capture and get the frames and generator states of the eager step."""
+    model, tokenizer, builder = engine
+    model = load_model(GOLDEN.directory / "tiny_s2", model.config, torch.bfloat16, "cuda")
+    captures = []
+    capture = StaticDecoder.capture
+    monkeypatch.setattr(StaticDecoder, "capture", lambda self: captures.append(1) or capture(self))
+    short, long = (builder.build(t, []) for t in ("Short.", "<|speaker:0|>A longer line, to pad the short one."))
+    requests = [([short, long], SamplingParams(0.8, 0.8, 30), [1, 2]),
+                (torch.stack([long, long]), SamplingParams(0.9, 0.7, 10), [3, 4]),
+                ([long, short], SamplingParams(1.0, 0.95, 50), [5, 6])]
+    for prompt, params, seeds in requests:
+        results = []
+        for graph in (True, False):
+            gens = make_generators(seeds, "cuda")
+            frames = list(generate_frames(model, prompt, params, 40, gens, tokenizer.im_end_id, static=True,
+                                          cuda_graph=graph, check_every=4))
+            results.append((torch.stack(frames), [g.get_state() for g in gens]))
+        assert torch.equal(results[0][0], results[1][0])
+        assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+    assert len(captures) == 1 and model.static_decoder.graph is not None
+    model.to("cpu")
+    assert model.static_decoder is None  # offloading frees the caches and the graph

@@ -174,3 +174,15 @@ def test_memory_estimate_grows_with_the_request(tiny_tts):
     assert tiny_tts.memory_estimate(200, 50).kv_cache - base.kv_cache >= 100 * per_position
     assert tiny_tts.memory_estimate(100, 50, takes=3).kv_cache >= 3 * (150 * per_position)
     assert base.total > base.llm > base.weights > 0
+
+
+def test_memory_estimate_of_the_cuda_graph_path_counts_its_cache_bucket(tiny_tts):
+    """On CUDA the decoder's cache is rounded up to a multiple of 1024 positions; the estimate counts those."""
+    from fishs2.memory import kv_cache_bytes
+
+    cfg = tiny_tts.config
+    exact = tiny_tts.memory_estimate(100, 50, cuda_graph=False).kv_cache
+    bucket = tiny_tts.memory_estimate(100, 50, cuda_graph=True).kv_cache
+    assert bucket - exact == kv_cache_bytes(cfg, 1024, dtype=tiny_tts.dtype) - kv_cache_bytes(cfg, 150, dtype=tiny_tts.dtype) \
+        + (1024 - 150) * cfg.slow.head_dim * 2  # and the RoPE rows of the extra positions
+    assert tiny_tts.memory_estimate(100, 50).kv_cache == exact  # a CPU model decodes without the graph

@@ -15,14 +15,28 @@ from .slow import SlowTransformer
 
 
 class DualAR(nn.Module):
-    """Holds both transformers. Caches live outside the module (see `generate.DecodeState`), so a model carries
-    no per-request state and an interrupted request leaves nothing behind."""
+    """Holds both transformers. Per-request state lives outside the module (`generate.DecodeState`); the one thing
+    a model keeps between requests is `static_decoder`, the last `generate.StaticDecoder` (caches sized to a
+    request and the CUDA graph captured over them), reset by each request that reuses it."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         self.slow = SlowTransformer(config)
         self.fast = FastTransformer(config)
+        self.static_decoder = None
+
+    def _apply(self, fn, recurse=True):
+        """`to`, `cuda`, `half` … move or cast the weights: a kept decoder whose graph reads the old addresses is
+        dropped, which frees its caches on the old device (ComfyUI offloading the model frees them too)."""
+        module = super()._apply(fn, recurse)
+        if self.static_decoder is not None and self.static_decoder.weights != self.weight_addresses():
+            self.static_decoder = None
+        return module
+
+    def weight_addresses(self) -> tuple[int, ...]:
+        """Where the weights live: a captured CUDA graph reads these addresses, so any change invalidates it."""
+        return tuple(t.data_ptr() for t in (*self.parameters(), *self.buffers()))
 
     @property
     def dtype(self) -> torch.dtype:
