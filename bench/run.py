@@ -27,7 +27,7 @@ from fishs2.config import ModelConfig  # noqa: E402
 from fishs2.generate import FrameDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
 from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
 from fishs2.model import AttentionMode, DualAR  # noqa: E402
-from fishs2.quantize import quantize_int8  # noqa: E402
+from fishs2.quantize import fp8_supported, quantize_fp8_model, quantize_int8  # noqa: E402
 from fishs2.sampling import DeviceSampling, SamplingParams, make_generators  # noqa: E402
 from fishs2.synthetic import Sizes, write_checkpoint  # noqa: E402
 from fishs2.tokenizer import Tokenizer  # noqa: E402
@@ -284,11 +284,11 @@ def main() -> None:
     parser.add_argument("--first-audio", type=int, default=4, help="frames decoded by the codec for first audio")
     parser.add_argument("--codec-frames", type=int, default=32)
     parser.add_argument("--no-codec", action="store_true")
-    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-int8", action="store_true", help="skip the quantised paths (int8 and fp8)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks of every model (all paths)")
-    parser.add_argument("--paths", default="fishs2,official,static,int8",
-                        help="decode paths to run, of fishs2, official, static (the CUDA graph on CUDA), int8; the "
-                             "context sweep needs fishs2 and official")
+    parser.add_argument("--paths", default="fishs2,official,static,int8,fp8",
+                        help="decode paths to run, of fishs2, official, static (the CUDA graph on CUDA), int8, fp8 "
+                             "(GPUs with fp8 matmuls only); the context sweep needs fishs2 and official")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fishs2-bench")
     parser.add_argument("--write", type=Path, help="also write the report (markdown) to this file")
     args = parser.parse_args()
@@ -319,7 +319,7 @@ def main() -> None:
     print("\n".join(lines), flush=True)
 
     chosen = set(args.paths.split(","))
-    if unknown := chosen - {"fishs2", "official", "static", "int8"}:
+    if unknown := chosen - {"fishs2", "official", "static", "int8", "fp8"}:
         parser.error(f"--paths: unknown {sorted(unknown)}")
     paths = {}
     if "fishs2" in chosen:
@@ -330,13 +330,18 @@ def main() -> None:
         paths["fishs2 + CUDA graph"] = (model, {"cuda_graph": True})
     elif "static" in chosen:
         paths["fishs2 static step (CUDA-graph code, eager)"] = (model, {"static": True})
-    quantized = None
-    if not args.no_int8 and "int8" in chosen:
-        quantized = quantize_int8(real_model(dtype, device, args.config) if args.real
-                                  else mid_model(dtype, device, args.cache, args.shape))
+    quantized = {}  # scheme → model, each built from the same seeded weights as `model`
+    schemes = [q for q in ("int8", "fp8") if q in chosen and not args.no_int8]
+    if "fp8" in schemes and not fp8_supported(device):
+        print(f"fp8 path skipped: {device} has no fp8 matmuls", flush=True)
+        schemes.remove("fp8")
+    for scheme in schemes:
+        quantize = quantize_int8 if scheme == "int8" else quantize_fp8_model
+        quantized[scheme] = quantize(real_model(dtype, device, args.config) if args.real
+                                     else mid_model(dtype, device, args.cache, args.shape))
         if args.compile:
-            quantized.compile_blocks()
-        paths["fishs2 int8"] = (quantized, {"cuda_graph": True} if device.type == "cuda" else {})
+            quantized[scheme].compile_blocks()
+        paths[f"fishs2 {scheme}"] = (quantized[scheme], {"cuda_graph": True} if device.type == "cuda" else {})
     runs = {name: [] for name in paths}
     for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike
         for name, (m, options) in paths.items():
@@ -388,9 +393,9 @@ def main() -> None:
         lines += [f"Codec decode (real architecture, random weights, fp32, `decode_chunked`): "
                   f"{codec['frames_per_s']:.1f} frames/s = {codec['frames_per_s'] * FRAME_SECONDS:.2f}× real time; "
                   f"first {args.first_audio} frames via `decode_stream` in {codec['first_audio_decode_s']:.3f} s.", ""]
-    if quantized is not None:
-        error, agreement = teacher_forced_error(model, quantized, random_prompt(cfg, 256))
-        lines += [f"int8 error on this model (256 teacher-forced positions): slow logits relative L2 error "
+    for scheme, quantized_model in quantized.items():
+        error, agreement = teacher_forced_error(model, quantized_model, random_prompt(cfg, 256))
+        lines += [f"{scheme} error on this model (256 teacher-forced positions): slow logits relative L2 error "
                   f"{100 * error:.1f}%, greedy semantic token unchanged at {100 * agreement:.0f}% of positions.", ""]
 
     if sweep:

@@ -58,19 +58,24 @@ def parameter_counts(config: ModelConfig) -> ParameterCounts:
     return ParameterCounts(linear, embedding, norm)
 
 
-def weight_bytes(config: ModelConfig, dtype: torch.dtype, int8: bool = False) -> int:
-    """Bytes of the LLM weights; `int8`: linear layers and the token table as int8 with one `dtype` scale per
-    output row (`fishs2.quantize`)."""
+def weight_bytes(config: ModelConfig, dtype: torch.dtype, int8: bool = False, fp8: bool = False) -> int:
+    """Bytes of the LLM weights (`fishs2.quantize`). `int8`: linear layers and the token table as int8 with one
+    `dtype` scale per output row. `fp8`: linear layers as float8 with one fp32 scale per output row (plus a unit
+    scalar each); the token table stays in `dtype`."""
     counts = parameter_counts(config)
     size = dtype_bytes(dtype)
-    if not int8:
+    if not (int8 or fp8):
         return counts.total * size
     slow, fast = config.slow, config.fast
     rows = slow.n_layer * (slow.q_size + 2 * slow.kv_size + 2 * slow.dim + 2 * slow.intermediate_size)
     rows += fast.n_layer * (fast.q_size + 2 * fast.kv_size + 2 * fast.dim + 2 * fast.intermediate_size)
-    rows += config.codebook_size + config.vocab_size  # fast head, token table
+    rows += config.codebook_size  # fast head
     if not config.tie_word_embeddings:
         rows += config.vocab_size  # separate slow head
+    if fp8:
+        linears = 5 * (slow.n_layer + fast.n_layer) + 1 + (0 if config.tie_word_embeddings else 1)
+        return counts.linear + rows * 4 + linears * 4 + (counts.embedding + counts.norm) * size
+    rows += config.vocab_size  # token table
     token_table = config.vocab_size * slow.dim
     other = counts.embedding - token_table + counts.norm
     return counts.linear + token_table + rows * size + other * size
@@ -161,6 +166,7 @@ def estimate_memory(
     batch: int = 1,
     dtype: torch.dtype = torch.bfloat16,
     int8: bool = False,
+    fp8: bool = False,
     codec_config=None,
     codec_dtype: torch.dtype = torch.float32,
     codec_window_frames: int | None = 138,
@@ -171,7 +177,7 @@ def estimate_memory(
     prompt = positions if prompt is None else prompt
     codec = codec_window_frames is not None
     return MemoryEstimate(
-        weights=weight_bytes(config, dtype, int8),
+        weights=weight_bytes(config, dtype, int8, fp8),
         kv_cache=kv_cache_bytes(config, positions, batch, dtype) + request_state_bytes(config, positions, batch, dtype),
         activations=activation_bytes(config, prompt, batch, dtype, prefill_chunk),
         codec_weights=codec_weight_bytes(codec_config, codec_dtype) if codec else 0,

@@ -50,7 +50,8 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
         return dtype
     if dtype not in (None, "auto"):
         if dtype not in DTYPES:
-            raise ParameterError(f"dtype={dtype!r}: use one of auto, bf16, fp16, fp32 (for int8 weights pass int8=True).")
+            raise ParameterError(f"dtype={dtype!r}: use one of auto, bf16, fp16, fp32 (for int8 or fp8 weights pass "
+                                 "int8=True or fp8=True).")
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -82,12 +83,18 @@ class FishS2:
         progress: Callable[[int, int], None] | None = None,
         models_root: str | Path | Sequence[str | Path] | None = None,
         int8: bool = False,
+        fp8: bool = False,
         compile: bool = False,
     ) -> "FishS2":
         """Load a checkpoint directory or hub id (downloaded into `models_dir` when absent).
 
         `int8=True` quantises the LLM's linear layers and token table to int8 weights (per-row scales) on the CPU
         before moving them to `device`, so a GPU never holds the full-precision weights (bf16 ≈ 9.1 GB → ≈ 5 GB).
+
+        `fp8=True` quantises the linear layers to float8 (e4m3, per-row scales) and runs each matmul in fp8
+        (`quantize.Fp8Linear`): about the memory of int8, for GPUs with fp8 tensor cores (compute capability ≥ 8.9:
+        RTX 40xx/50xx, L4, L40, H100, H200, B200); elsewhere it is refused (the CPU's reference fp8 kernel is ~70×
+        slower than int8).
 
         With `models_root` (a folder or several), a checkpoint whose real path lies outside them — e.g. through a
         symlink — is refused (see `hub.resolve`); servers and the node pack pass their model folders here.
@@ -114,6 +121,18 @@ class FishS2:
                 f"codebook_size={config.codebook_size}."
             )
         config = config.with_semantic_range(tokenizer.semantic_begin_id, tokenizer.semantic_end_id)
+        if int8 and fp8:
+            raise ParameterError("int8=True and fp8=True: choose one weight format (int8 runs on every device, fp8 "
+                                 "needs a GPU with fp8 tensor cores).")
+        if fp8:
+            from .quantize import fp8_supported
+
+            if not fp8_supported(device):
+                name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"the {device.type}"
+                raise ParameterError(
+                    f"fp8=True: {name} has no fp8 matmuls (they need an NVIDIA GPU of compute capability 8.9 or newer: "
+                    "RTX 40xx/50xx, L4, L40, H100, H200, B200); load with int8=True for the same memory saving."
+                )
         if compile and int8:
             raise ParameterError(
                 "compile=True with int8 weights: compiled int8 decodes slower than uncompiled int8 (H100: 12.8 against "
@@ -122,10 +141,11 @@ class FishS2:
         with _out_of_memory_guard(device, f"loading {directory.name} in {dtype} on {device}",
                                   "load in a smaller dtype (bf16 or fp16 instead of fp32), free memory used by other "
                                   "models, or load with int8=True"):
-            if int8:
-                from .quantize import quantize_int8
+            if int8 or fp8:  # quantised on the CPU, so the device never holds the full-precision weights
+                from .quantize import quantize_fp8_model, quantize_int8
 
-                model = quantize_int8(load_model(directory, config, dtype, "cpu")).to(device)
+                quantize = quantize_int8 if int8 else quantize_fp8_model
+                model = quantize(load_model(directory, config, dtype, "cpu")).to(device)
             else:
                 model = load_model(directory, config, dtype, device)
             codec = load_codec(directory, device=device, dtype=codec_dtype)
@@ -155,6 +175,12 @@ class FishS2:
 
         return any(isinstance(m, Int8Linear) for m in self.model.modules())
 
+    @property
+    def fp8(self) -> bool:
+        from .quantize import Fp8Linear
+
+        return any(isinstance(m, Fp8Linear) for m in self.model.modules())
+
     def memory_estimate(self, max_frames: int, prompt_len: int = 1024, takes: int = 1, with_codec: bool = True,
                         cuda_graph: bool | None = None):
         """`fishs2.memory.MemoryEstimate` (bytes per component) of a request: weights + KV cache for
@@ -167,7 +193,7 @@ class FishS2:
         if self.device.type == "cuda" if cuda_graph is None else cuda_graph:
             positions = static_capacity(min(positions, self.config.max_seq_len), self.config.max_seq_len)
         return estimate_memory(
-            self.config, positions, prompt=prompt_len, batch=takes, dtype=self.dtype, int8=self.int8,
+            self.config, positions, prompt=prompt_len, batch=takes, dtype=self.dtype, int8=self.int8, fp8=self.fp8,
             codec_config=self.codec.config, codec_dtype=self.codec_dtype,
             codec_window_frames=138 if with_codec else None,
         )

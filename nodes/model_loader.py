@@ -9,7 +9,7 @@ from comfy_api.latest import io
 from . import paths
 from .types import CATEGORY, FishS2Model
 
-DTYPES = ["auto", "bf16", "fp16", "fp32", "int8"]
+DTYPES = ["auto", "bf16", "fp16", "fp32", "int8", "fp8"]
 ATTENTION = ["fast", "official"]
 
 
@@ -42,7 +42,9 @@ class FishS2LoadModel(io.ComfyNode):
                     default="auto",
                     tooltip=(
                         "Weight precision of the LLM. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU. "
-                        "int8: int8 weights (about half the VRAM of bf16: fits 12 GB cards), activations as auto."
+                        "int8: int8 weights (about half the VRAM of bf16: fits 12 GB cards), activations as auto. "
+                        "fp8: float8 weights and matmuls, about int8's VRAM, for GPUs with fp8 tensor cores "
+                        "(RTX 40xx/50xx, L4, L40, H100, H200); refused on other GPUs."
                     ),
                 ),
                 io.Combo.Input(

@@ -75,7 +75,7 @@ class FishS2Handle:
             positions = engine("generate").static_capacity(min(positions, config.max_seq_len), config.max_seq_len)
         estimate = engine("memory").estimate_memory(
             config, min(positions, config.max_seq_len), prompt=min(prompt_len, config.max_seq_len),
-            dtype=self.tts.dtype, int8=self.tts.int8, codec_window_frames=None,
+            dtype=self.tts.dtype, int8=self.tts.int8, fp8=self.tts.fp8, codec_window_frames=None,
         )
         return int(estimate.kv_cache + estimate.activations)
 
@@ -102,13 +102,13 @@ class FishS2Handle:
 
 
 def resolve_dtype(name: str, device: torch.device):
-    """"auto" (and "int8", whose activations follow auto) → what ComfyUI recommends for the compute device
+    """"auto" (and "int8"/"fp8", whose activations follow auto) → what ComfyUI recommends for the compute device
     (bf16, else fp16, else fp32)."""
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if name in table:
         return table[name]
-    if name not in ("auto", "int8"):
-        raise ValueError(f"dtype: {name!r} is not one of auto, bf16, fp16, fp32, int8.")
+    if name not in ("auto", "int8", "fp8"):
+        raise ValueError(f"dtype: {name!r} is not one of auto, bf16, fp16, fp32, int8, fp8.")
     if device.type == "cpu":
         return torch.float32
     if mm.should_use_bf16(device):
@@ -125,7 +125,15 @@ def load_handle(source: str, dtype_name: str, attention: str = "fast", models_di
 
     FishS2 = engine("pipeline").FishS2
 
-    dtype = resolve_dtype(dtype_name, mm.get_torch_device())
+    device = mm.get_torch_device()
+    dtype = resolve_dtype(dtype_name, device)
+    if dtype_name == "fp8" and not engine("quantize").fp8_supported(device):
+        # checked against the compute device: the model is loaded on the offload device and moved there later
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"the {device.type}"
+        raise engine("errors").ParameterError(
+            f"dtype: fp8 needs a GPU with fp8 matmuls (NVIDIA compute capability 8.9 or newer: RTX 40xx/50xx, L4, "
+            f"L40, H100, H200); {name} has none. Choose int8 for the same memory saving."
+        )
     bar = comfy.utils.ProgressBar(100)
     megabyte = 1 << 20
 
@@ -137,7 +145,8 @@ def load_handle(source: str, dtype_name: str, attention: str = "fast", models_di
     if attention not in ATTENTION:
         raise ValueError(f"attention: {attention!r} is not one of {', '.join(ATTENTION)}.")
     tts = FishS2.from_pretrained(source, device=mm.unet_offload_device(), dtype=dtype, models_dir=models_dir,
-                                 progress=progress, models_root=models_root, int8=dtype_name == "int8", compile=compile)
+                                 progress=progress, models_root=models_root, int8=dtype_name == "int8",
+                                 fp8=dtype_name == "fp8", compile=compile)
     log.info("fishs2: loaded %s (%s, %s attention%s) on %s", source, dtype, attention,
              ", compiled" if compile else "", tts.device)
     return FishS2Handle(tts, source, dtype_name, attention)

@@ -632,6 +632,12 @@ ROWS: list[Row] = [
     R("ckpt-int8-compile", "checkpoint", "int8=True, compile=True", lambda c: FishS2.from_pretrained(
         c.checkpoint(), device="cpu", int8=True, compile=True), ParameterError, ("compile=True with int8",),
       ("Compile bf16/fp16 weights",)),
+    R("ckpt-fp8-on-cpu", "checkpoint", "fp8=True on a device without fp8 matmuls (the CPU)",
+      lambda c: FishS2.from_pretrained(c.checkpoint(), device="cpu", fp8=True), ParameterError,
+      ("fp8=True", "the cpu has no fp8 matmuls"), ("compute capability 8.9", "int8=True")),
+    R("ckpt-int8-and-fp8", "checkpoint", "int8=True, fp8=True", lambda c: FishS2.from_pretrained(
+        c.checkpoint(), device="cpu", int8=True, fp8=True), ParameterError, ("int8=True and fp8=True",),
+      ("choose one weight format",)),
     R("ckpt-bad-torch-dtype", "checkpoint", "dtype=torch.int8", lambda c: FishS2.from_pretrained(
         c.checkpoint(), device="cpu", dtype=torch.int8), ParameterError, ("dtype=torch.int8",), ("use one of",)),
     R("ckpt-unknown-model-type", "checkpoint", "config.json with model_type 'llama'", checkpoint_with(

@@ -3,6 +3,7 @@ of building and running a scaled model (within 10%)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from fishs2.config import ModelConfig
 from fishs2.generate import new_state
 from fishs2.memory import estimate_memory, kv_cache_bytes, parameter_counts, weight_bytes
 from fishs2.model import AttentionMode, DualAR
-from fishs2.quantize import quantize_int8
+from fishs2.quantize import quantize_fp8_model, quantize_int8
 from fishs2.synthetic import Sizes, config_dict
 
 from .golden import golden_dir
@@ -47,12 +48,13 @@ def test_parameter_count_is_exact(config):
     assert parameter_counts(config).total == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_weight_bytes_are_exact(dtype):
-    config = scaled_config(Sizes(), vocab=1024)
-    model = DualAR(config).to(dtype)
-    assert weight_bytes(config, dtype) == stored_bytes(model)
-    assert weight_bytes(config, dtype, int8=True) == stored_bytes(quantize_int8(model))
+def test_weight_bytes_are_exact(dtype, tied):
+    config = dataclasses.replace(scaled_config(Sizes(), vocab=1024), tie_word_embeddings=tied)
+    assert weight_bytes(config, dtype) == stored_bytes(DualAR(config).to(dtype))
+    assert weight_bytes(config, dtype, int8=True) == stored_bytes(quantize_int8(DualAR(config).to(dtype)))
+    assert weight_bytes(config, dtype, fp8=True) == stored_bytes(quantize_fp8_model(DualAR(config).to(dtype)))
 
 
 def test_kv_cache_bytes_are_exact_and_sized_to_the_request():

@@ -231,6 +231,16 @@ def test_int8_weights_option(N, dialogue, model):
     assert out.generation.codes.shape[0] == 10 and out.total_frames >= 1
 
 
+def test_fp8_option_is_refused_without_fp8_matmuls(N, errors):
+    """Checked against ComfyUI's compute device (the model is loaded on the offload device and moved later)."""
+    import comfy.model_management as mm
+
+    if mm.get_torch_device().type == "cuda" and torch.cuda.get_device_capability() >= (8, 9):
+        pytest.skip("this GPU has fp8 matmuls")
+    with pytest.raises(errors.ParameterError, match="^dtype: fp8 needs a GPU with fp8 matmuls"):
+        run(N["FishS2LoadModel"], checkpoint="s2-pro", dtype="fp8", attention="fast")
+
+
 def test_load_model_fingerprint_changes_with_files(N, comfy_dirs):
     fp1 = N["FishS2LoadModel"].fingerprint_inputs(checkpoint="s2-pro", dtype="auto", attention="fast")
     cfg = comfy_dirs[0] / "fish_s2" / "s2-pro" / "config.json"
