@@ -373,23 +373,22 @@ def generate_frames(
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
     sampling = DeviceSampling.of(params, model.dtype, device)
-    if static or cuda_graph:
+    static = static or cuda_graph
+    if static:
         decoder = StaticDecoder.acquire(model, batch, length + max_frames, eos_id, mode)
         decoder.busy = True
-        state = decoder.begin(pad)
-    else:
-        state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
     try:
+        state = decoder.begin(pad) if static else new_state(model, batch, length + max_frames, eos_id, mode, pad)
         logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
         frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
         yield frame.cpu()
-        if static or cuda_graph:
+        if static:
             decoder.start(params, generators, frame, cuda_graph)
         else:
             decoder = FrameDecoder(model, state, sampling, generators, frame)
         yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
     finally:
-        if static or cuda_graph:
+        if static:
             decoder.busy = False
             decoder.generators = []
 

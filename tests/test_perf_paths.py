@@ -180,6 +180,24 @@ def test_static_decoder_is_kept_and_reset_between_requests(engine):
     assert not kept[4].busy and kept[4].generators == []
 
 
+def test_a_stream_closed_early_frees_the_kept_decoder(engine):
+    """A cancelled request (the consumer stops iterating) leaves the decoder free: the next one reuses it and gets
+    its own frames, not the remains of the cancelled one."""
+    model, tokenizer, builder = engine
+    model.static_decoder = None
+    prompt = builder.build("Cancelled after two frames.", [])
+    stream = generate_frames(model, prompt, SamplingParams(), 12, make_generators([1], "cpu"), -1, static=True)
+    next(stream), next(stream)
+    kept = model.static_decoder
+    assert kept.busy
+    stream.close()
+    assert not kept.busy
+    other = builder.build("The next request.", [])
+    assert torch.equal(run_frames(model, other, SamplingParams(), [2], static=True),
+                       run_frames(model, other, SamplingParams(), [2]))
+    assert model.static_decoder is kept
+
+
 def test_dialogue_segments_share_one_static_decoder(engine, monkeypatch):
     model, tokenizer, builder = engine
     model.static_decoder = None
