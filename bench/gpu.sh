@@ -31,6 +31,9 @@ if [ "${COMPILE_TIMEOUT:-240}" != 0 ]; then
         --frames "${FRAMES:-256}" --runs 2 --write "$OUT/RESULTS-gpu-compile.md" 2>&1 | tee "$OUT/compile.log"
 fi
 
+echo "== sampling: the vocabulary sorted per draw against once per frame"
+timeout 60 $PY bench/sampling.py 2>&1 | tee "$OUT/sampling.log"
+
 if [ "${BREAKDOWN_TIMEOUT:-120}" != 0 ]; then
     echo "== per-kernel breakdown, bf16"
     timeout "${BREAKDOWN_TIMEOUT:-120}" $PY bench/breakdown.py --frames 16 2>&1 | tee "$OUT/breakdown.log"

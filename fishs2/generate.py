@@ -21,7 +21,7 @@ from .errors import ParameterError, TextError
 from .model import AttentionMode, DualAR
 from .model.layers import KVCache, rope_table
 from .prompt import Exchange, PromptBuilder, Reference
-from .sampling import RAS_WINDOW, DeviceSampling, FrameUniforms, SamplingParams, sample
+from .sampling import RAS_WINDOW, DeviceSampling, FrameUniforms, SamplingParams, rank, sample
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,9 @@ def sample_frame(
         params = DeviceSampling.of(params, logits.dtype, logits.device)
     tokens = (None, None) if uniforms is None else (uniforms.tokens[:, 0], uniforms.tokens[:, 1])
     biased = logits + state.allowed_bias
-    main = sample(biased, params.temperature, params.top_p, params.top_k, generators, tokens[0])
-    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1])
+    ranked = rank(biased)
+    main = sample(biased, params.temperature, params.top_p, params.top_k, generators, tokens[0], ranked)
+    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1], ranked)
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)

@@ -38,6 +38,14 @@ class SamplingParams:
             raise ParameterError(f"top_k={self.top_k!r}: must be an integer ≥ 1; 30 is the official default.")
 
 
+def rank(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] sorted in descending order → (cumulative probabilities [B, V], their ids [B, V]): what the
+    top-p and top-k cuts read. Draws from the same logits (a frame's main token and its RAS alternative) share it,
+    which saves sorting the whole vocabulary twice."""
+    sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
+    return torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1), sorted_ids
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float | torch.Tensor,
@@ -45,16 +53,17 @@ def sample(
     top_k: int | torch.Tensor,
     generators: list[torch.Generator] | None,
     uniforms: torch.Tensor | None = None,
+    ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator, or reads them
-    from `uniforms` [B, V] when they were drawn beforehand (`FrameUniforms`).
+    from `uniforms` [B, V] when they were drawn beforehand (`FrameUniforms`). `ranked`: `rank(logits)`, if the
+    caller already has it.
 
     `temperature` and `top_p` may be 0-dim tensors in the logits' dtype and device (see `DeviceSampling`), and
     `top_k` a 0-dim integer tensor, which keeps the function free of host → device copies and host reads.
     """
     dtype = logits.dtype
-    sorted_logits, sorted_ids = torch.sort(logits, dim=-1, descending=True)
-    cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
+    cumulative, sorted_ids = rank(logits) if ranked is None else ranked
     remove = cumulative > torch.as_tensor(top_p, dtype=dtype, device=logits.device)
     if isinstance(top_k, torch.Tensor):  # the same cut as the slice below, read from the device
         remove |= torch.arange(remove.shape[-1], device=remove.device) >= top_k
