@@ -180,7 +180,7 @@ def static_capacity(positions: int, max_seq_len: int) -> int:
     """Cache slots of a static decoder for a request of `positions` positions: rounded up to a multiple of
     `STATIC_SLOTS` (at most the model's context), so that requests of similar lengths — the segments of a
     dialogue, the takes of a line — share one decoder and its captured graph. Static attention reads every slot
-    under a mask; at the real model's size the rounding adds at most 147 MiB to the ~15 GiB a frame reads."""
+    under a mask; at the real model's size the rounding adds at most 144 MiB to the ~15 GiB a frame reads."""
     rounded = -(-positions // STATIC_SLOTS) * STATIC_SLOTS
     return max(positions, min(rounded, max_seq_len))
 
@@ -364,7 +364,10 @@ def generate_frames(
     `check_every` or on which sequences share the batch.
 
     `static` decodes with the model's reusable fixed-shape decoder (`StaticDecoder`); `cuda_graph` (CUDA only,
-    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request.
+    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request. There the
+    prompt's last position goes through the step too (its input column is a frame's shape), so the first frame
+    comes out of the graph instead of an eager fast AR — the RAS window is cleared after it, as the official
+    loop keeps the first frame out of it.
     """
     prompt, pad = left_pad(prompt)
     batch, _, length = prompt.shape
@@ -379,13 +382,20 @@ def generate_frames(
         decoder = StaticDecoder.acquire(model, batch, length + max_frames, eos_id, mode)
         decoder.busy = True
     try:
-        state = decoder.begin(pad) if static else new_state(model, batch, length + max_frames, eos_id, mode, pad)
-        logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
-        frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
-        yield frame.cpu()
-        if static:
-            decoder.start(params, generators, frame, cuda_graph)
+        prompt = prompt.to(device)
+        if static:  # the last prompt column goes through the decoder's step (the graph on CUDA), like a frame
+            state = decoder.begin(pad)
+            if length > 1:
+                prefill(model, prompt[..., :-1], state, prefill_chunk)
+            decoder.start(params, generators, prompt[..., -1], cuda_graph)
+            frame = decoder().clone()  # the decoder's buffer: the next step overwrites it
+            decoder.window.zero_()  # the RAS window holds decode-loop frames only (a zero window never matches)
         else:
+            state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
+            logits, hidden = prefill(model, prompt, state, prefill_chunk)
+            frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
+        yield frame.cpu()
+        if not static:
             decoder = FrameDecoder(model, state, sampling, generators, frame)
         yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
     finally:
