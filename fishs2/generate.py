@@ -364,10 +364,7 @@ def generate_frames(
     `check_every` or on which sequences share the batch.
 
     `static` decodes with the model's reusable fixed-shape decoder (`StaticDecoder`); `cuda_graph` (CUDA only,
-    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request. There the
-    prompt's last position goes through the step too (its input column is a frame's shape), so the first frame
-    comes out of the graph instead of an eager fast AR — the RAS window is cleared after it, as the official
-    loop keeps the first frame out of it.
+    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request.
     """
     prompt, pad = left_pad(prompt)
     batch, _, length = prompt.shape
@@ -382,20 +379,13 @@ def generate_frames(
         decoder = StaticDecoder.acquire(model, batch, length + max_frames, eos_id, mode)
         decoder.busy = True
     try:
-        prompt = prompt.to(device)
-        if static:  # the last prompt column goes through the decoder's step (the graph on CUDA), like a frame
-            state = decoder.begin(pad)
-            if length > 1:
-                prefill(model, prompt[..., :-1], state, prefill_chunk)
-            decoder.start(params, generators, prompt[..., -1], cuda_graph)
-            frame = decoder().clone()  # the decoder's buffer: the next step overwrites it
-            decoder.window.zero_()  # the RAS window holds decode-loop frames only (a zero window never matches)
-        else:
-            state = new_state(model, batch, length + max_frames, eos_id, mode, pad)
-            logits, hidden = prefill(model, prompt, state, prefill_chunk)
-            frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
+        state = decoder.begin(pad) if static else new_state(model, batch, length + max_frames, eos_id, mode, pad)
+        logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
+        frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
         yield frame.cpu()
-        if not static:
+        if static:
+            decoder.start(params, generators, frame, cuda_graph)
+        else:
             decoder = FrameDecoder(model, state, sampling, generators, frame)
         yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
     finally:

@@ -160,19 +160,15 @@ def test_reduced_precision_stays_close_to_fp32(parts, variant):
 
 
 def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
-    """FishS2 on CUDA, bf16: the graph path (default) and the eager path both generate; a second request replays
-    the kept graph and gives the first one's codes for the same seed; audio has the codec's length and is finite;
-    int8 loading puts no full-precision linear weight on the GPU. (The graph path equals the eager *static* step
-    exactly — test_perf_paths — while the eager dynamic path attends with other kernels, so in bf16 the two may
-    round apart.)"""
+    """FishS2 on CUDA, bf16: the graph path and the eager path give the same codes for a seed; audio has the
+    codec's length and is finite; int8 loading puts no full-precision linear weight on the GPU."""
     from fishs2 import FishS2
 
     tts = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16")
     text = "<|speaker:0|>Hello from the graph. <|speaker:1|>[whisper] And from the eager path."
     eager = tts.generate(text, seed=11, max_frames=48, cuda_graph=False)
     graphed = tts.generate(text, seed=11, max_frames=48)  # CUDA graph by default on CUDA
-    assert eager.num_frames > 0 and graphed.num_frames > 0
-    assert torch.equal(tts.generate(text, seed=11, max_frames=48).codes, graphed.codes)
+    assert torch.equal(eager.codes, graphed.codes)
     audio = tts.decode(graphed.codes)
     assert audio.shape == (1, graphed.num_frames * tts.codec.frame_length)
     assert torch.isfinite(audio).all() and audio.abs().max() > 0
@@ -189,6 +185,8 @@ def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
         return
     fp8 = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16", fp8=True)
     assert fp8.fp8 and not any(isinstance(m, torch.nn.Linear) for m in fp8.model.modules())
+    # bf16 activations through per-token fp8 scales: the graph (static) and eager (dynamic) attention kernels may
+    # round apart, so the check is that the kept graph replays the same codes for a seed.
     first, again = (fp8.generate(text, seed=11, max_frames=48) for _ in range(2))
     assert first.num_frames > 0 and torch.equal(first.codes, again.codes)
     assert fp8.generate(text, seed=11, max_frames=48, cuda_graph=False).num_frames > 0
