@@ -21,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         source.add_argument("--model", default=DEFAULT_REPO, help=f"hub id, downloaded when absent (default {DEFAULT_REPO})")
         p.add_argument("--models-dir", type=Path, help="where hub models are kept (default ~/.cache/fishs2)")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-        p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+        p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32", "int8", "fp8"],
+                       help="weights of the LLM; int8 and fp8 (GPUs with fp8 matmuls) keep activations as auto")
+        p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks (GPUs)")
 
     say = sub.add_parser("say", help="synthesise speech to a WAV file")
     say.add_argument("--text", help="text to speak; [tags] and <|speaker:N|> labels are allowed")
@@ -51,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 def load(args):
     from .pipeline import FishS2
 
-    return FishS2.from_pretrained(args.checkpoint or args.model, device=args.device, dtype=args.dtype,
-                                  models_dir=args.models_dir)
+    quantized = args.dtype in ("int8", "fp8")
+    return FishS2.from_pretrained(args.checkpoint or args.model, device=args.device,
+                                  dtype="auto" if quantized else args.dtype, models_dir=args.models_dir,
+                                  int8=args.dtype == "int8", fp8=args.dtype == "fp8", compile=args.compile)
 
 
 def voices_from_args(tts, args):

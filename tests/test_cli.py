@@ -65,3 +65,15 @@ def test_offline_hub_id_is_a_clear_message(tmp_path):
     assert result.returncode == 2
     assert "could not be downloaded" in result.stderr and "Traceback" not in result.stderr
     assert not (env_models / "s2-pro").exists()
+
+
+def test_say_with_int8_weights_and_a_clear_fp8_refusal(tiny_checkpoint_dir, tmp_path):
+    out = tmp_path / "int8.wav"
+    say = run_cli("say", "--text", "Int8 weights.", "--seed", "1", "--max-frames", "6", "--dtype", "int8",
+                  "--out", str(out), "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu")
+    assert say.returncode == 0, say.stderr
+    assert sf.info(str(out)).frames == int(re.search(r"(\d+) frames", say.stdout).group(1)) * 2048
+    refused = run_cli("say", "--text", "fp8.", "--dtype", "fp8", "--out", str(tmp_path / "fp8.wav"),
+                      "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu")
+    assert refused.returncode == 2 and "fp8=True: the cpu has no fp8 matmuls" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "fp8.wav").exists()
