@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
-# the CUDA tests, the real-architecture bench (bf16, with int8 side by side), the same with compiled blocks, and
-# the per-kernel breakdown. A step whose *_TIMEOUT is 0 is skipped.
+# the CUDA tests, the real-architecture bench (bf16, with int8 and fp8 side by side), the sampling bench, the same
+# bench with compiled blocks, and the per-kernel breakdown. A step whose *_TIMEOUT is 0 is skipped.
 # Logs and the bench's markdown report go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
 # needs, for machines without them) are installed into /tmp/site first.
 set -u
