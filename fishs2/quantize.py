@@ -9,9 +9,9 @@ which only saves memory: on an H100 int8 decodes at 28.4 frames/s against bf16's
 compiled blocks do not fuse the two usefully (12.8 frames/s). Symmetric rounding to [-127, 127] keeps the error of
 each weight within half a step, scale / 2.
 
-fp8: every linear layer becomes float8_e4m3fn with one scale per tensor, and each call quantises its input the
-same way, so the matmul itself runs in fp8 (`torch._scaled_mm`: cuBLASLt on compute capability ≥ 8.9 — Ada,
-Hopper, Blackwell — and PyTorch's slow reference kernel on the CPU, where the same code is tested). The token
+fp8: every linear layer becomes float8_e4m3fn with one scale per output row, and each call quantises its input
+with one scale per token, so the matmul itself runs in fp8 (`torch._scaled_mm`: cuBLASLt on compute capability
+≥ 8.9 — Ada, Hopper, Blackwell — and PyTorch's slow reference kernel on the CPU, where the same code is tested). The token
 table (also the tied output head) stays in the model dtype. Rounding to e4m3's 3 mantissa bits costs more accuracy
 than int8's per-row steps: on the tiny golden model the slow logits move 8% (int8: 2%).
 """
