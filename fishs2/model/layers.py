@@ -176,16 +176,19 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     """GQA without copying K/V: the query heads of a group attend to their shared key head in one matmul, so K and V
     are read once (memory-bound decode at long context reads them at full bandwidth).
 
+    The scores are computed as K · qᵀ ([L, G·T]) rather than q · Kᵀ: with the long cache as the row-major left
+    operand the CPU matmul streams it like a weight (1.2 ms less per frame at 8000 positions on `mid`, bench/).
+
     q [B, H, T, D], k/v [B, Hkv, L, D], mask [1, 1, T, L] or None → [B, H, T, D]; softmax in float32.
     """
     B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    q = q.reshape(B, Hkv, H // Hkv * T, D)  # query heads of one group are adjacent
-    scores = (q @ k.transpose(-2, -1)).view(B, Hkv, H // Hkv, T, -1) * (1.0 / math.sqrt(D))
+    Hkv, L = k.shape[1], k.shape[2]
+    q = q.reshape(B, Hkv, H // Hkv * T, D) * (1.0 / math.sqrt(D))  # query heads of one group are adjacent
+    scores = (k @ q.transpose(-2, -1)).transpose(-2, -1).view(B, Hkv, H // Hkv, T, L)
     if mask is not None:
         scores = torch.where(mask[:, :, None], scores, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    return (probs.view(B, Hkv, -1, k.shape[2]) @ v).view(B, H, T, D)
+    return (probs.reshape(B, Hkv, -1, L) @ v).view(B, H, T, D)
 
 
 def manual_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
