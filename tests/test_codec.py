@@ -56,7 +56,10 @@ def save_codec_dir(tmp_path: Path, state) -> Path:
 
 
 def test_loads_every_tensor_and_api(codec: Codec):
-    assert len(codec.state_dict()) == len(tiny_state())
+    state = tiny_state()
+    pairs = sum(1 for key in state if key.endswith((".parametrizations.weight.original0", ".weight_g")))
+    assert pairs > 60  # the file holds both spellings of a (g, V) pair
+    assert len(codec.state_dict()) == len(state) - pairs  # each (g, V) pair is folded into one weight
     assert not any(p.is_meta or p.requires_grad for p in codec.parameters())
     assert not codec.training
     assert codec.sample_rate == 44100 and codec.frame_length == 2048 and codec.num_codebooks == 10
@@ -83,6 +86,25 @@ def test_stale_buffers_and_legacy_weight_norm_keys(tmp_path: Path, codec: Codec)
         state[f"{stem}.weight_v"] = state.pop(f"{stem}.parametrizations.weight.original1")
     loaded = load_codec(save_codec_dir(tmp_path, state))
     assert all(torch.equal(v, codec.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_folded_weight_norm_is_bit_identical(codec: Codec, random_codes: torch.Tensor):
+    """load_codec folds W = g · V / ‖V‖ once; an unfolded codec holding the same (g, V) computes it per call."""
+    from fishs2.codec.layers import WNConv1d, WNConvTranspose1d
+    from fishs2.codec.model import _match_state_dict
+
+    assert not any(isinstance(m, (WNConv1d, WNConvTranspose1d)) for m in codec.modules())
+    unfolded = Codec(codec.config).eval()
+    unfolded.load_state_dict(_match_state_dict(unfolded, tiny_state(), TINY_DIR, torch.float32))
+    assert sum(isinstance(m, (WNConv1d, WNConvTranspose1d)) for m in unfolded.modules()) > 0
+    audio = torch.randn(1, 1, 3 * codec.frame_length, generator=torch.Generator().manual_seed(5)) * 0.3
+    assert torch.equal(unfolded.decode(random_codes[:, :12]), codec.decode(random_codes[:, :12]))
+    assert torch.equal(unfolded.decode_stream(random_codes[:, :5], 0), codec.decode_stream(random_codes[:, :5], 0))
+    assert torch.equal(unfolded.encode(audio)[0], codec.encode(audio)[0])
+    folded = unfolded.fold_weight_norm()
+    assert not any(isinstance(m, (WNConv1d, WNConvTranspose1d)) for m in folded.modules())
+    assert folded.dtype == torch.float32 and folded.device.type == "cpu"
+    assert torch.equal(folded.decode(random_codes[:, :12]), codec.decode(random_codes[:, :12]))
 
 
 def test_missing_path(tmp_path: Path):

@@ -16,6 +16,7 @@ from ..errors import AudioError, CheckpointError, CodesError
 from .config import CodecConfig
 from .decoder import Decoder
 from .encoder import Encoder
+from .layers import fold_weight_norm
 from .quantizer import DownsampleResidualVectorQuantize
 
 CODEC_WEIGHTS = "codec.pth"
@@ -68,11 +69,17 @@ class Codec(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.decoder.model[0].conv.weight_v.dtype
+        return self.decoder.model[0].conv.bias.dtype
 
     @property
     def device(self) -> torch.device:
-        return self.decoder.model[0].conv.weight_v.device
+        return self.decoder.model[0].conv.bias.device
+
+    def fold_weight_norm(self) -> "Codec":
+        """Compute every weight-normed conv's weight once instead of at each call (`layers.fold_weight_norm`);
+        outputs are unchanged. `load_codec` does this after loading; a folded codec cannot load (g, V) weights."""
+        fold_weight_norm(self)
+        return self
 
     # ------------------------------------------------------------------ encode
 
@@ -285,7 +292,9 @@ def load_codec(
     with torch.device("meta"):  # no memory for the random init; weights are assigned below
         codec = Codec(config)
     codec.load_state_dict(_match_state_dict(codec, state, weights_path, dtype), assign=True)
-    return codec.to(device).eval().requires_grad_(False)
+    codec = codec.to(device).eval().requires_grad_(False)
+    codec.fold_weight_norm()
+    return codec
 
 
 def _resolve(path: Path) -> tuple[Path, Path | None]:
