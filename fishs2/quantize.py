@@ -3,11 +3,12 @@ and activations, for GPUs with fp8 tensor cores). Activations, norms and the cod
 dtype.
 
 int8: every linear layer and the token table become int8 with one scale per output row. Decode is memory-bound, so
-halving the bytes read per frame (bf16 → int8) is what speeds it up; on the CPU the matmul runs in
-`aten._weight_int8pack_mm` (int8 weights, bf16 activations); elsewhere the weight is dequantised for each matmul,
-which only saves memory: on an H100 int8 decodes at 28.4 frames/s against bf16's 77.9 (both in a CUDA graph), and
-compiled blocks do not fuse the two usefully (12.8 frames/s). Symmetric rounding to [-127, 127] keeps the error of
-each weight within half a step, scale / 2.
+halving the bytes read per frame (bf16 → int8) is what speeds it up. On the CPU the matmul runs in
+`aten._weight_int8pack_mm` (int8 weights, bf16 activations). On CUDA the decode step's few rows go through a Triton
+kernel that reads each int8 weight once (`fishs2.int8_matvec`). Everything else (prefill, or CUDA without Triton)
+dequantises the weight for each matmul, which only saves memory: that way an H100 decoded int8 at 28.4 frames/s
+against bf16's 77.9 (both in a CUDA graph), and compiled blocks did not fuse the two usefully (12.8 frames/s).
+Symmetric rounding to [-127, 127] keeps the error of each weight within half a step, scale / 2.
 
 fp8: every linear layer becomes float8_e4m3fn with one scale per output row, and each call quantises its input
 with one scale per token, so the matmul itself runs in fp8 (`torch._scaled_mm`: cuBLASLt on compute capability
@@ -18,11 +19,16 @@ than int8's per-row steps: on the tiny golden model the slow logits move 8% (int
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .model import DualAR
+
+log = logging.getLogger(__name__)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,6 +37,34 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
     q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scales.to(weight.dtype)
+
+
+MAX_MATVEC_ROWS = 4  # fishs2.int8_matvec.MAX_ROWS, kept here so that the CPU never imports Triton
+_matvec_failure: list[str] = []  # why the CUDA kernel was given up in this process, if it was
+
+
+@functools.cache
+def _import_matvec():
+    try:
+        from .int8_matvec import int8_matvec
+    except ImportError:  # no Triton (e.g. some Windows installs): dequantise instead
+        return None
+    except Exception as e:  # a Triton too old or too new for the kernel's definition
+        _disable_matvec(e)
+        return None
+    return int8_matvec
+
+
+def cuda_matvec():
+    """The fused int8 kernel for decode rows on CUDA (`fishs2.int8_matvec`), or None where Triton is missing or
+    could not build it on this GPU; `Int8Linear` then dequantises W for a GEMM."""
+    return None if _matvec_failure else _import_matvec()
+
+
+def _disable_matvec(error: Exception) -> None:
+    _matvec_failure.append(f"{type(error).__name__}: {error}")
+    log.warning("fishs2: the int8 CUDA kernel failed (%s); int8 layers dequantise their weights instead, which is "
+                "slower", _matvec_failure[0])
 
 
 class Int8Linear(nn.Module):
@@ -52,6 +86,16 @@ class Int8Linear(nn.Module):
             flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(torch.bfloat16))
             return out.to(x.dtype).view(*x.shape[:-1], -1)
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] <= MAX_MATVEC_ROWS and not torch.compiler.is_compiling():
+            kernel = cuda_matvec()
+            if kernel is not None:
+                try:
+                    return kernel(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
+                    _disable_matvec(e)
         return F.linear(x, self.weight.to(x.dtype)) * self.scales
 
 

@@ -1,0 +1,82 @@
+"""The int8 CUDA decode kernel (`fishs2.int8_matvec`): its arithmetic on the CPU through Triton's interpreter, its
+input checks, and that the CPU path never imports it. The same kernel on a GPU is in tests/test_cuda.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every (rows, N, K) is run with every autotuning config: N and K that are not multiples of the blocks, K shorter
+# than one block, 1 … 4 rows (3 pads the row block to 4).
+INTERPRETED = textwrap.dedent("""
+    import json, sys, torch
+    from fishs2.int8_matvec import CONFIGS, launch
+    gen = torch.Generator().manual_seed(0)
+    worst = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, n, k in ((1, 1, 5), (2, 37, 300), (3, 64, 512), (4, 130, 1000), (1, 19, 1030)):
+            x = torch.randn(m, k, generator=gen).to(dtype)
+            w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
+            s = (torch.rand(n, generator=gen) / 127 + 1e-3).to(dtype)
+            ref = (x.float() @ w.float().T) * s.float()
+            for config in CONFIGS:
+                out = launch(x, w, s, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"])
+                assert out.dtype == dtype and out.shape == (m, n), (out.dtype, out.shape)
+                err = ((out.float() - ref).abs() / ref.abs().clamp(min=1e-3 * ref.abs().max())).max().item()
+                key = str(dtype)
+                worst[key] = max(worst.get(key, 0.0), err)
+    print(json.dumps(worst))
+""")
+
+
+def test_kernel_arithmetic_through_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    worst = json.loads(done.stdout.strip().splitlines()[-1])
+    # fp32: summation order only (~1e-6). bf16: the fp32 sum rounded once to bf16, within one step (2^-7
+    # relative): the interpreter's conversion truncates where the GPU rounds to nearest (half a step).
+    assert worst["torch.float32"] < 1e-4
+    assert worst["torch.bfloat16"] <= 2**-7
+
+
+def test_inputs_are_checked():
+    from fishs2.int8_matvec import MAX_ROWS, int8_matvec
+    from fishs2.quantize import MAX_MATVEC_ROWS
+
+    assert MAX_ROWS == MAX_MATVEC_ROWS
+    w = torch.zeros(8, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"x must be \[1…4, K\]"):
+        int8_matvec(torch.zeros(5, 16), w, torch.ones(8))
+    with pytest.raises(ValueError, match="weight must be int8"):
+        int8_matvec(torch.zeros(1, 16), w.float(), torch.ones(8))
+    with pytest.raises(ValueError, match="weight must be int8"):
+        int8_matvec(torch.zeros(1, 15), w, torch.ones(8))
+    with pytest.raises(ValueError, match=r"scales must be \[8\]"):
+        int8_matvec(torch.zeros(1, 16), w, torch.ones(7))
+
+
+def test_cpu_int8_never_imports_triton():
+    """The kernel module imports Triton; a CPU model (and ComfyUI's start-up) must not pay for it."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from fishs2.quantize import Int8Linear
+        layer = Int8Linear.from_float(torch.nn.Linear(32, 8, bias=False))
+        layer(torch.randn(1, 32))
+        print("triton" in sys.modules, "fishs2.int8_matvec" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "False"]
