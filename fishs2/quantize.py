@@ -57,7 +57,7 @@ def _import_matvec():
 
 def cuda_matvec():
     """The fused int8 kernel for decode rows on CUDA (`fishs2.int8_matvec`), or None where Triton is missing or
-    could not build it on this GPU; `Int8Linear` then dequantises W for a GEMM."""
+    could not build it on this GPU."""
     return None if _matvec_failure else _import_matvec()
 
 
@@ -65,6 +65,36 @@ def _disable_matvec(error: Exception) -> None:
     _matvec_failure.append(f"{type(error).__name__}: {error}")
     log.warning("fishs2: the int8 CUDA kernel failed (%s); int8 layers dequantise their weights instead, which is "
                 "slower", _matvec_failure[0])
+
+
+def dequantized_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x · (weight · scales[:, None])ᵀ through a GEMM on the dequantised weight (any number of rows, any device)."""
+    return F.linear(x, weight.to(x.dtype)) * scales
+
+
+def decode_rows(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x [≤ MAX_MATVEC_ROWS, K] on CUDA → [rows, N] through the int8 kernel, or the GEMM where it is unavailable."""
+    kernel = cuda_matvec()
+    if kernel is not None:
+        try:
+            return kernel(x, weight, scales)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
+            _disable_matvec(e)
+    return dequantized_linear(x, weight, scales)
+
+
+# Under torch.compile the kernel is an opaque op (inductor fuses the work around it); eager calls skip the op
+# dispatcher's overhead and call decode_rows directly.
+if hasattr(torch.library, "custom_op"):  # PyTorch ≥ 2.4
+    decode_rows_op = torch.library.custom_op("fishs2::int8_decode_rows", decode_rows, mutates_args=())
+
+    @decode_rows_op.register_fake
+    def _(x, weight, scales):
+        return x.new_empty(x.shape[0], weight.shape[0])
+else:
+    decode_rows_op = None
 
 
 class Int8Linear(nn.Module):
@@ -87,16 +117,13 @@ class Int8Linear(nn.Module):
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(torch.bfloat16))
             return out.to(x.dtype).view(*x.shape[:-1], -1)
         flat = x.reshape(-1, x.shape[-1])
-        if flat.shape[0] <= MAX_MATVEC_ROWS and not torch.compiler.is_compiling():
-            kernel = cuda_matvec()
-            if kernel is not None:
-                try:
-                    return kernel(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
-                    _disable_matvec(e)
-        return F.linear(x, self.weight.to(x.dtype)) * self.scales
+        if flat.shape[0] > MAX_MATVEC_ROWS:  # prefill: a GEMM on the dequantised weight
+            return dequantized_linear(x, self.weight, self.scales)
+        if not torch.compiler.is_compiling():
+            return decode_rows(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
+        if decode_rows_op is None:
+            return dequantized_linear(x, self.weight, self.scales)
+        return decode_rows_op(flat, self.weight, self.scales).view(*x.shape[:-1], -1)
 
 
 class Int8Embedding(nn.Module):

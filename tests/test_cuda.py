@@ -199,6 +199,22 @@ def test_int8_decode_runs_the_kernel_eagerly_and_in_the_graph(parts, monkeypatch
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
 
 
+def test_int8_compiled_blocks_call_the_kernel(parts, monkeypatch):
+    """Compiled int8 blocks reach the kernel through the custom op (inductor keeps it as one call) inside the graph."""
+    pytest.importorskip("triton")
+    import fishs2.quantize as quantize
+
+    if quantize.decode_rows_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    kernel = quantize.cuda_matvec()
+    calls = []
+    monkeypatch.setattr(quantize, "cuda_matvec", lambda: lambda *args: calls.append(1) or kernel(*args))
+    model = quantize_int8(model_on_cuda(parts, torch.bfloat16)).compile_blocks()
+    codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
+    assert calls and not quantize._matvec_failure
+    assert codes and all(c.shape[1] > 0 for c in codes)
+
+
 def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
     """FishS2 on CUDA, bf16: the graph path and the eager path give the same codes for a seed; audio has the
     codec's length and is finite; int8 loading puts no full-precision linear weight on the GPU."""

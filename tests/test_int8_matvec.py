@@ -80,3 +80,19 @@ def test_cpu_int8_never_imports_triton():
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["False", "False"]
+
+
+def test_decode_rows_op_for_compile(monkeypatch):
+    """Under torch.compile, int8 decode rows go through the custom op `fishs2::int8_decode_rows`: its schema, fake
+    (shape) implementation and eager result are checked here with the GEMM fallback standing in for the kernel."""
+    import fishs2.quantize as quantize
+
+    if quantize.decode_rows_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    monkeypatch.setattr(quantize, "cuda_matvec", lambda: None)
+    weight, scales = quantize.quantize_rows(torch.randn(24, 40, generator=torch.Generator().manual_seed(2)))
+    for rows in (1, 4):
+        x = torch.randn(rows, 40)
+        torch.library.opcheck(quantize.decode_rows_op, (x, weight, scales))
+        out = quantize.decode_rows_op(x, weight, scales)
+        assert out.shape == (rows, 24) and torch.equal(out, quantize.dequantized_linear(x, weight, scales))
