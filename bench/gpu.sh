@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
-# the CUDA tests, the real-architecture bench (bf16, with int8 and fp8 side by side), the sampling bench, the same
-# bench with compiled blocks, and the per-kernel breakdown. A step whose *_TIMEOUT is 0 is skipped.
+# the CUDA tests, the int8 kernel against cuBLAS (bench/matvec.py), the real-architecture bench (bf16, with int8
+# and fp8 side by side), the sampling bench, the same bench with compiled blocks, and the per-kernel breakdown.
+# A step whose *_TIMEOUT is 0 is skipped.
 # Logs and the bench's markdown report go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
 # needs, for machines without them) are installed into /tmp/site first.
 set -u
@@ -20,6 +21,9 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 echo "== CUDA tests"
 timeout "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovider \
     tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k cuda 2>&1 | tee "$OUT/tests.log"
+
+echo "== matrix x vector at the real shapes: bf16 cuBLAS, the int8 kernel (autotuned here), int8 dequantise + GEMM"
+timeout "${MATVEC_TIMEOUT:-120}" $PY bench/matvec.py 2>&1 | tee "$OUT/matvec.log"
 
 echo "== bench, real architecture"
 timeout "${BENCH_TIMEOUT:-300}" $PY bench/run.py --real --frames "${FRAMES:-256}" --runs 2 \

@@ -1,0 +1,76 @@
+"""The decode step's matrix × vector products at the real architecture's shapes, one matrix at a time: bf16
+`F.linear` (cuBLAS on CUDA) against the int8 layer (`Int8Linear`: the Triton kernel on CUDA, `_weight_int8pack_mm` on
+the CPU) and the dequantising GEMM the int8 layer replaced on CUDA, timed in the same process, with the bandwidth
+each achieves.
+
+    python bench/matvec.py [--device cuda] [--rows 1] [--rounds 50]
+
+A decode frame is memory-bound, so bytes read / time is the figure of merit: the weights, once (bf16 2 bytes per
+weight, int8 1 byte + a scale per row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fishs2.quantize import Int8Linear, dequantized_linear, quantize_rows  # noqa: E402
+
+# (name, out, in) of the real architecture; a frame runs the slow ones once and the fast ones ten times.
+MATRICES = (("wqkv", 6144, 2560), ("wo", 2560, 4096), ("w1 / w3", 9728, 2560), ("w2", 2560, 9728),
+            ("output head", 155776, 2560), ("fast codebook head", 4096, 2560))
+
+
+def timed(fn, device: torch.device, rounds: int) -> float:
+    """Median seconds per call over `rounds` calls, each a batch of 10 (so launch gaps are amortised on CUDA)."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(10):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) / 10)
+    return sorted(times)[len(times) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--rows", type=int, default=1, help="activation rows (takes decoded together), 1 … 4")
+    parser.add_argument("--rounds", type=int, default=50)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{name}, torch {torch.__version__}, {args.rows} row(s), bf16 activations; µs per call and GB/s of weights")
+    print("| matrix | bf16 F.linear | int8 layer | int8 dequantise + GEMM | int8 layer vs bf16 |")
+    print("|---|---:|---:|---:|---:|")
+    gen = torch.Generator(device=device).manual_seed(0)
+    for label, n, k in MATRICES:
+        weight = torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5
+        layer = Int8Linear(*quantize_rows(weight))
+        x = torch.randn(args.rows, k, device=device, dtype=dtype, generator=gen)
+        with torch.inference_mode():
+            paths = {"bf16": (lambda: F.linear(x, weight), 2 * n * k),
+                     "int8": (lambda: layer(x), n * k + 2 * n)}
+            if device.type == "cuda":
+                paths["dequant"] = (lambda: dequantized_linear(x, layer.weight, layer.scales), n * k + 2 * n)
+            seconds = {path: timed(fn, device, args.rounds) for path, (fn, _) in paths.items()}
+        cells = [f"{1e6 * seconds[p]:.1f} µs, {paths[p][1] / seconds[p] / 1e9:.0f} GB/s" if p in seconds else "—"
+                 for p in ("bf16", "int8", "dequant")]
+        print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
