@@ -27,12 +27,12 @@ __all__ = ["MAX_ROWS", "int8_matvec", "launch"]
 
 MAX_ROWS = 4  # rows held per program; more rows (prefill) go through the dequantising GEMM
 
-# Every config moves 16 bytes of weights per thread per step (one vector load); they differ in rows per program
-# (few rows → more programs for the 2560-row matrices) and warps per program.
+# Each thread loads 16 or 32 bytes of weights per step (one or two vector loads in flight); the configs differ in
+# that, in rows per program (few rows → more programs for the 2560-row matrices) and in warps per program.
 CONFIGS = [
     triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
-    for n, k, w in ((1, 1024, 2), (2, 1024, 4), (2, 512, 2), (4, 512, 4), (4, 1024, 8), (8, 256, 4), (8, 512, 8),
-                    (16, 256, 8), (16, 128, 4))
+    for n, k, w in ((1, 1024, 2), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (16, 256, 8),  # 16 bytes per thread
+                    (1, 2048, 2), (2, 1024, 2), (4, 1024, 4), (8, 512, 4))  # 32 bytes per thread
 ]
 
 

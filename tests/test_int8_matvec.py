@@ -96,3 +96,41 @@ def test_decode_rows_op_for_compile(monkeypatch):
         torch.library.opcheck(quantize.decode_rows_op, (x, weight, scales))
         out = quantize.decode_rows_op(x, weight, scales)
         assert out.shape == (rows, 24) and torch.equal(out, quantize.dequantized_linear(x, weight, scales))
+
+
+def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
+    """Compiled ahead of time for Ampere and Hopper (Triton's bundled ptxas; no GPU needed), with the alignment
+    Triton's JIT assumes for 16-byte-aligned tensors: every config must read the weights with 16-byte vector loads
+    (scalar byte loads would cap the bandwidth) and keep its accumulators in registers (ptxas: no spills)."""
+    import re
+    import subprocess
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fishs2.int8_matvec import CONFIGS, _int8_matvec_kernel
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this Triton has no bundled ptxas")
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i8", "scale_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32",
+                 "K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 5)}  # the four pointers and N
+    for arch in (80, 90):
+        for config in CONFIGS:
+            for rows in (1, 4):
+                constants = {"K": 2560, "BLOCK_M": rows, **config.kwargs}
+                source = ASTSource(fn=_int8_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
+                compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                          options={"num_warps": config.num_warps})
+                ptx = compiled.asm["ptx"]
+                assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx), (arch, config)
+                assert not re.search(r"ld\.global(\.nc)?\.b8\b", ptx), (arch, config)  # no per-byte weight loads
+                ptx_file = tmp_path / "kernel.ptx"
+                ptx_file.write_text(ptx)
+                sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"  # Triton targets Hopper's sm_90a
+                report = subprocess.run([str(ptxas), "-v", f"-arch={sm}", str(ptx_file), "-o",
+                                         str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
+                assert report.returncode == 0, report.stderr
+                assert "0 bytes spill stores" in report.stderr, (arch, config, report.stderr)
