@@ -64,11 +64,20 @@ def _short_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
 
 
+def _fitting_configs(configs, named_args, **kwargs):
+    """Only configs whose K block is no longer than K rounded up to a power of two (each config is a compile), or
+    the shortest one: a small model's layers need not build kernels sized for 2560-wide rows."""
+    k = triton.next_power_of_2(named_args["K"])
+    fitting = [c for c in configs if c.kwargs["BLOCK_K"] <= k]
+    return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
+
+
+_PRUNE = {"early_config_prune": _fitting_configs}
 try:  # tuned configs kept on disk across processes
-    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], do_bench=_short_bench, cache_results=True)(
-        _int8_matvec_kernel)
+    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE, do_bench=_short_bench,
+                             cache_results=True)(_int8_matvec_kernel)
 except TypeError:  # Triton before 3.2: no do_bench / on-disk tuning cache arguments
-    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"])(_int8_matvec_kernel)
+    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE)(_int8_matvec_kernel)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> None:

@@ -134,3 +134,12 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
                 assert report.returncode == 0, report.stderr
                 assert "0 bytes spill stores" in report.stderr, (arch, config, report.stderr)
+
+
+def test_autotuning_builds_only_configs_that_fit_the_rows():
+    from fishs2.int8_matvec import CONFIGS, _fitting_configs
+
+    assert _fitting_configs(CONFIGS, {"K": 2560}) == CONFIGS
+    assert {c.kwargs["BLOCK_K"] for c in _fitting_configs(CONFIGS, {"K": 300})} == {256, 512}
+    tiny = _fitting_configs(CONFIGS, {"K": 64})
+    assert len(tiny) == 1 and tiny[0].kwargs["BLOCK_K"] == min(c.kwargs["BLOCK_K"] for c in CONFIGS)
