@@ -52,8 +52,8 @@ def _import_matvec():
     except Exception as e:  # a Triton too old or too new for the kernel's definition
         _disable_matvec(e)
         return None
-    log.info("fishs2: int8 decode uses a Triton kernel; its first use on a machine compiles and tunes it for each matrix "
-             "shape, later runs read both from Triton's cache")
+    log.info("fishs2: int8 decode uses a Triton kernel; its first use on a machine compiles and tunes it for "
+             "each matrix shape, later runs read both from Triton's cache")
     return int8_matvec
 
 
