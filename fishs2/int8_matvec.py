@@ -1,4 +1,4 @@
-"""int8 weight × activation rows on CUDA in one Triton kernel: y = (x · Wᵀ) · scales for the decode step's few rows.
+"""int8 weights × the decode step's few activation rows on CUDA, in one Triton kernel: y = (x · Wᵀ) · scales.
 
 Decode multiplies 1 … 4 activation rows (one per take) by each weight matrix, so it is bound by reading the weights.
 Dequantising W to the activation dtype first (`F.linear(x, W.to(x.dtype))`) reads int8, writes and re-reads a bf16
@@ -101,7 +101,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, block_n:
 
 
 def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [M ≤ MAX_ROWS, K] · (weight int8 [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype, with autotuned blocks."""
+    """x [M ≤ MAX_ROWS, K] · (weight int8 [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype; blocks autotuned."""
     _check(x, weight, scales)
     x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
     (M, K), N = x.shape, weight.shape[0]
