@@ -387,3 +387,27 @@ def test_cuda_graph_is_captured_once_and_serves_later_requests(engine, monkeypat
     assert len(captures) == 1 and model.static_decoder.graph is not None
     model.to("cpu")
     assert model.static_decoder is None  # offloading frees the caches and the graph
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rms_norm_is_the_official_formula_bit_for_bit(device, dtype):
+    """RMSNorm runs F.rms_norm on x itself: one kernel where PyTorch fuses it, no cast on either side. It must equal,
+    bit for bit, the same kernel on x cast to fp32 and the result rounded to x's dtype (the form it replaced), and
+    on the CPU the official formula written out (fp32 mean of squares, rsqrt, round, then the weight)."""
+    import torch.nn.functional as F
+
+    from fishs2.model.layers import RMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+    for n in (32, 128, 2560):
+        norm = RMSNorm(n, 1e-6)
+        norm.weight.data = torch.randn(n, generator=gen)
+        norm = norm.to(device, dtype)
+        x = (torch.randn(64, n, generator=gen) * 3).to(device, dtype)
+        x32 = x.float()
+        cast_around = F.rms_norm(x32, (n,), eps=1e-6).to(dtype) * norm.weight
+        assert torch.equal(norm(x), cast_around), (n, dtype)
+        if device == "cpu":  # CUDA's mean() may sum in another order than the fused kernel
+            official = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype) * norm.weight
+            assert torch.equal(norm(x), official), (n, dtype)

@@ -26,8 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.rms_norm without a weight is the same fp32 formula in fewer kernels (one, where PyTorch fuses it).
-        return F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).type_as(x) * self.weight
+        # F.rms_norm without a weight computes in fp32 and rounds once to x's dtype: the official formula, bit for
+        # bit (tests/test_perf_paths.py), in one kernel where PyTorch fuses it instead of a cast on either side.
+        return F.rms_norm(x, x.shape[-1:], eps=self.eps) * self.weight
 
 
 def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
