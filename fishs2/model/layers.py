@@ -129,14 +129,16 @@ class Attention(nn.Module):
         """x [B, T, dim] → q [B, H, T, D], k, v [B, Hkv, T, D] (k after QK-norm and RoPE)."""
         c = self.config
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.view(B, T, c.n_head, c.head_dim)
-        k = k.view(B, T, c.n_local_heads, c.head_dim)
-        v = v.view(B, T, c.n_local_heads, c.head_dim)
+        heads = [c.n_head, c.n_local_heads]
+        qkv = self.wqkv(x)
+        qk = qkv[..., : c.q_size + c.kv_size].view(B, T, c.n_head + c.n_local_heads, c.head_dim)
+        v = qkv[..., c.q_size + c.kv_size :].view(B, T, c.n_local_heads, c.head_dim)
         if c.qk_norm:
-            q = F.rms_norm(q, (c.head_dim,), self.q_norm.weight, self.eps)
-            k = F.rms_norm(k, (c.head_dim,), self.k_norm.weight, self.eps)
-        q, k = apply_rope(q, rotation), apply_rope(k, rotation)
+            q, k = qk.split(heads, dim=2)
+            qk = torch.cat([F.rms_norm(q, (c.head_dim,), self.q_norm.weight, self.eps),
+                            F.rms_norm(k, (c.head_dim,), self.k_norm.weight, self.eps)], dim=2)
+        # q and k heads side by side: one rotation instead of two (the same elementwise product per head)
+        q, k = apply_rope(qk, rotation).split(heads, dim=2)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
     def forward(
