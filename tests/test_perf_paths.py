@@ -411,3 +411,30 @@ def test_rms_norm_is_the_official_formula_bit_for_bit(device, dtype):
         if device == "cpu":  # CUDA's mean() may sum in another order than the fused kernel
             official = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype) * norm.weight
             assert torch.equal(norm(x), official), (n, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("queries", [1, 3])
+def test_grouped_attention_equals_copying_kv_per_query_head(dtype, queries):
+    """Both attention kernels meet each group of query heads with its shared key head (no K/V copies); they must give
+    what attention over K/V repeated per query head gives (the official GQA), with and without a mask, for decode
+    (one query) and for several queries; the manual (activation-dtype) one keeps its official numerics."""
+    import math
+
+    from fishs2.model.layers import expand_kv, grouped_attention, manual_attention
+
+    gen = torch.Generator().manual_seed(queries)
+    B, H, Hkv, L, D = 2, 8, 2, 11, 16
+    q, k, v = (torch.randn(B, h, n, D, generator=gen).to(dtype) for h, n in ((H, queries), (Hkv, L), (Hkv, L)))
+    mask = torch.rand(1, 1, queries, L, generator=gen) > 0.3
+    mask[..., 0] = True  # no empty softmax row
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    for m in (None, mask):
+        ke, ve = expand_kv(k, v, H)
+        scores = (q.float() @ ke.float().transpose(-2, -1)) / math.sqrt(D)
+        if m is not None:
+            scores = scores.masked_fill(~m, float("-inf"))
+        reference = torch.softmax(scores, dim=-1) @ ve.float()
+        torch.testing.assert_close(grouped_attention(q, k, v, m).float(), reference, **tol)
+        torch.testing.assert_close(manual_attention(q, k, v, m).float(), reference, **tol)
+        torch.testing.assert_close(manual_attention(q, k, v, m), manual_attention(q, ke, ve, m), **tol)

@@ -8,8 +8,9 @@ from torch import nn
 from ..config import ModelConfig
 from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, rope_rotation
 
-# The official fast AR computes attention by hand in the activation dtype over its 10-slot cache.
-FAST_ATTENTION = AttentionMode(filled_only=True, native_gqa=False, manual=True)
+# The official fast AR computes attention by hand in the activation dtype over its 10-slot cache (here with the
+# query heads grouped per key head rather than K/V copied per query head).
+FAST_ATTENTION = AttentionMode(filled_only=True, manual=True)
 
 
 class FastTransformer(nn.Module):

@@ -159,7 +159,8 @@ class Attention(nn.Module):
         keys, values = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
         causal = mask is None and T > 1
         if mode.manual:
-            out = manual_attention(q, *expand_kv(keys, values, q.shape[1]), mask)
+            out = manual_attention(q, *((keys, values) if mode.native_gqa else expand_kv(keys, values, q.shape[1])),
+                                   mask)
         elif not mode.native_gqa:
             out = F.scaled_dot_product_attention(q, *expand_kv(keys, values, q.shape[1]), attn_mask=mask)
         elif T == 1 or not mode.filled_only:  # decode: one matmul per KV head, no kernel launch per query head
@@ -196,11 +197,19 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 
 def manual_attention(q, k, v, mask: torch.Tensor | None) -> torch.Tensor:
     """softmax(q kᵀ · 1/√D + bias) v with every product in the activation dtype (official fast-AR numerics).
-    mask None: every key is visible (the official bias would be all zeros, which adds nothing)."""
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    k/v may have fewer heads than q (GQA): each group of query heads meets its shared key head in one matmul, as in
+    `grouped_attention`, instead of copying K and V per query head. mask None: every key is visible (the official
+    bias would be all zeros, which adds nothing).
+
+    q [B, H, T, D], k/v [B, Hkv, L, D], mask [1, 1, T, L] or None → [B, H, T, D].
+    """
+    B, H, T, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    scores = (q.reshape(B, Hkv, H // Hkv * T, D) @ k.transpose(-2, -1)) * (1.0 / math.sqrt(D))
     if mask is not None:
-        scores = scores + torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        scores = (scores.view(B, Hkv, H // Hkv, T, L) + bias[:, :, None]).view(B, Hkv, -1, L)
+    return (torch.softmax(scores, dim=-1) @ v).view(B, H, T, D)
 
 
 def attention_mask(
