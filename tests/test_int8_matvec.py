@@ -114,26 +114,29 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this Triton has no bundled ptxas")
-    signature = {"x_ptr": "*bf16", "w_ptr": "*i8", "scale_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32",
-                 "K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 5)}  # the four pointers and N
+    # every config in bf16 (the GPU default); fp16 and fp32 models (activations and scales) with one config
+    cases = [("bf16", c) for c in CONFIGS] + [(dtype, CONFIGS[0]) for dtype in ("fp16", "fp32")]
     for arch in (80, 90):
-        for config in CONFIGS:
+        for dtype, config in cases:
+            signature = {"x_ptr": f"*{dtype}", "w_ptr": "*i8", "scale_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+                         "M": "i32", "N": "i32", "K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+                         "BLOCK_K": "constexpr"}
             for rows in (1, 4):
                 constants = {"K": 2560, "BLOCK_M": rows, **config.kwargs}
                 source = ASTSource(fn=_int8_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
                 compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                           options={"num_warps": config.num_warps})
                 ptx = compiled.asm["ptx"]
-                assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx), (arch, config)
-                assert not re.search(r"ld\.global(\.nc)?\.b8\b", ptx), (arch, config)  # no per-byte weight loads
+                assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx), (arch, dtype, config)
+                assert not re.search(r"ld\.global(\.nc)?\.b8\b", ptx), (arch, dtype, config)  # no per-byte loads
                 ptx_file = tmp_path / "kernel.ptx"
                 ptx_file.write_text(ptx)
                 sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"  # Triton targets Hopper's sm_90a
                 report = subprocess.run([str(ptxas), "-v", f"-arch={sm}", str(ptx_file), "-o",
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
                 assert report.returncode == 0, report.stderr
-                assert "0 bytes spill stores" in report.stderr, (arch, config, report.stderr)
+                assert "0 bytes spill stores" in report.stderr, (arch, dtype, config, report.stderr)
 
 
 def test_autotuning_builds_only_configs_that_fit_the_rows():
