@@ -33,7 +33,7 @@ step "CUDA tests" "${TEST_TIMEOUT:-180}" $PY -m pytest -q -rs -p no:cacheprovide
     tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k cuda 2>&1 | tee "$OUT/tests.log"
 
 step "matrix x vector at the real shapes: bf16 cuBLAS, the int8 kernel (autotuned here), int8 dequantise + GEMM" \
-    "${MATVEC_TIMEOUT:-60}" $PY bench/matvec.py 2>&1 | tee "$OUT/matvec.log"
+    "${MATVEC_TIMEOUT:-90}" $PY bench/matvec.py 2>&1 | tee "$OUT/matvec.log"
 
 step "bench, real architecture" "${BENCH_TIMEOUT:-300}" $PY bench/run.py --real --frames "${FRAMES:-256}" --runs 2 \
     --write "$OUT/RESULTS-gpu.md" 2>&1 | tee "$OUT/bench.log"

@@ -1,7 +1,7 @@
 """The decode step's matrix × vector products at the real architecture's shapes, one matrix at a time: bf16
 `F.linear` (cuBLAS on CUDA) against the int8 layer (`Int8Linear`: the Triton kernel on CUDA, `_weight_int8pack_mm` on
-the CPU) and the dequantising GEMM the int8 layer replaced on CUDA, timed in the same process, with the bandwidth
-each achieves.
+the CPU), the dequantising GEMM the int8 layer replaced on CUDA, and on CUDA the same Triton kernel reading the bf16
+weights (whether it would beat cuBLAS for bf16 too), timed in the same process, with the bandwidth each achieves.
 
     python bench/matvec.py [--device cuda] [--rows 1] [--rounds 50]
 
@@ -54,8 +54,8 @@ def main() -> None:
     dtype = torch.bfloat16
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, {args.rows} row(s), bf16 activations; µs per call and GB/s of weights")
-    print("| matrix | bf16 F.linear | int8 layer | int8 dequantise + GEMM | int8 layer vs bf16 |")
-    print("|---|---:|---:|---:|---:|")
+    print("| matrix | bf16 F.linear | int8 layer | int8 dequantise + GEMM | bf16, Triton kernel | int8 layer vs bf16 |")
+    print("|---|---:|---:|---:|---:|---:|")
     gen = torch.Generator(device=device).manual_seed(0)
     for label, n, k in MATRICES:
         weight = torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5
@@ -65,10 +65,14 @@ def main() -> None:
             paths = {"bf16": (lambda: F.linear(x, weight), 2 * n * k),
                      "int8": (lambda: layer(x), n * k + 2 * n)}
             if device.type == "cuda":
+                from fishs2.int8_matvec import int8_matvec
+
+                ones = torch.ones(n, device=device, dtype=dtype)
                 paths["dequant"] = (lambda: dequantized_linear(x, layer.weight, layer.scales), n * k + 2 * n)
+                paths["bf16 triton"] = (lambda: int8_matvec(x, weight, ones), 2 * n * k)
             seconds = {path: timed(fn, device, args.rounds) for path, (fn, _) in paths.items()}
         cells = [f"{1e6 * seconds[p]:.1f} µs, {paths[p][1] / seconds[p] / 1e9:.0f} GB/s" if p in seconds else "—"
-                 for p in ("bf16", "int8", "dequant")]
+                 for p in ("bf16", "int8", "dequant", "bf16 triton")]
         print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |")
 
 

@@ -26,6 +26,7 @@ import triton.testing
 __all__ = ["MAX_ROWS", "int8_matvec", "launch"]
 
 MAX_ROWS = 4  # rows held per program; more rows (prefill) go through the dequantising GEMM
+WEIGHT_DTYPES = (torch.int8, torch.bfloat16, torch.float16)
 
 # Each thread loads 16 or 32 bytes of weights per step (one or two vector loads in flight); the configs differ in
 # that, in rows per program (few rows → more programs for the 2560-row matrices) and in warps per program.
@@ -83,8 +84,9 @@ except TypeError:  # Triton before 3.2: no do_bench / on-disk tuning cache argum
 def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> None:
     if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_ROWS:
         raise ValueError(f"int8_matvec: x must be [1…{MAX_ROWS}, K], got {list(x.shape)}")
-    if weight.dtype != torch.int8 or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"int8_matvec: weight must be int8 [N, {x.shape[1]}], got {weight.dtype} {list(weight.shape)}")
+    if weight.dtype not in WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"int8_matvec: weight must be int8 (or bf16/fp16 for comparisons) [N, {x.shape[1]}], got "
+                         f"{weight.dtype} {list(weight.shape)}")
     if scales.shape != (weight.shape[0],):
         raise ValueError(f"int8_matvec: scales must be [{weight.shape[0]}], got {list(scales.shape)}")
 
@@ -101,7 +103,8 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, block_n:
 
 
 def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [M ≤ MAX_ROWS, K] · (weight int8 [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype; blocks autotuned."""
+    """x [M ≤ MAX_ROWS, K] · (weight int8 [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype; blocks autotuned.
+    bf16/fp16 weights (with unit scales) run the same kernel: bench/matvec.py times that against cuBLAS."""
     _check(x, weight, scales)
     x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
     (M, K), N = x.shape, weight.shape[0]
