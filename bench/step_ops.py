@@ -32,19 +32,25 @@ VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", 
          "alias", "detach", "split", "split_with_sizes", "unbind", "permute", "reshape", "view_as_real",
          "view_as_complex", "lift_fresh", "flatten"}
 
+NO_OPS_WHEN_SAME = {"to", "type_as", "contiguous"}  # these return their input when it already fits
+
 
 class CountCalls(TorchDispatchMode):
-    """Counts ATen calls by (operation, innermost fishs2 source line)."""
+    """Counts ATen calls by (operation, innermost fishs2 source line); a call that returns its input unchanged (a
+    cast to the dtype it already has) launches nothing and is not counted."""
 
     def __init__(self):
         super().__init__()
         self.calls = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in NO_OPS_WHEN_SAME and out is args[0]:
+            return out
         frames = [f for f in traceback.extract_stack() if "/fishs2/" in f.filename]
         where = f"{frames[-1].filename.split('fishs2/')[-1]}:{frames[-1].lineno}" if frames else "?"
         self.calls[func.overloadpacket.__name__, where] += 1
-        return func(*args, **(kwargs or {}))
+        return out
 
 
 def narrow_real_config() -> ModelConfig:

@@ -92,8 +92,8 @@ def kv_cache_bytes(config: ModelConfig, positions: int, batch: int = 1, dtype: t
 
 
 def request_state_bytes(config: ModelConfig, positions: int, batch: int, dtype: torch.dtype) -> int:
-    """The rest of a request's state: bf16 RoPE tables and the vocabulary bias."""
-    rope = (positions * config.slow.head_dim + config.num_codebooks * config.fast.head_dim) * 2
+    """The rest of a request's state: the RoPE tables (fp32) and the vocabulary bias."""
+    rope = (positions * config.slow.head_dim + config.num_codebooks * config.fast.head_dim) * 4
     return rope + config.vocab_size * dtype_bytes(dtype)
 
 

@@ -32,7 +32,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Tensor:
-    """cos/sin for `positions` [T] → [T, head_dim/2, 2], rounded to bf16 like the official table.
+    """cos/sin for `positions` [T] → [T, head_dim/2, 2], rounded to bf16 like the official table and kept in fp32,
+    the dtype the rotation uses (so a forward needs no cast kernel).
 
     Each entry depends only on its own position, so building rows on demand equals slicing the official
     32768-row table.
@@ -40,7 +41,7 @@ def rope_table(positions: torch.Tensor, head_dim: int, base: float) -> torch.Ten
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float() / head_dim))
     angles = torch.outer(positions.float(), inv_freq)
     unit = torch.polar(torch.ones_like(angles), angles)
-    return torch.stack([unit.real, unit.imag], dim=-1).to(torch.bfloat16)
+    return torch.stack([unit.real, unit.imag], dim=-1).to(torch.bfloat16).float()
 
 
 def rope_rotation(table: torch.Tensor) -> torch.Tensor:
