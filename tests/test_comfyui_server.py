@@ -6,7 +6,9 @@ Starts ComfyUI on loopback (`--cpu`) with this pack in custom_nodes/fishs2 and t
 models/fish_s2/s2-pro, checks /object_info, runs every shipped API-format workflow through /prompt + /history and
 checks the audio/video files, checks the executor's caching of the Fish S2 stages, then loads every UI-format
 workflow in headless Chromium (no missing nodes, no console errors, the UI graph converts to the shipped API
-prompt) and saves a screenshot of the dialogue workflow to docs/images/.
+prompt) and saves screenshots of the dialogue workflow and the live preview: to docs/images/ when
+`FISHS2_UPDATE_DOCS_IMAGES=1` (each run renders slightly different bytes, so the committed ones change only on
+purpose), else to the system temp folder.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import copy
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +37,10 @@ NODE_IDS = ["FishS2LoadModel", "FishS2EncodeVoice", "FishS2SaveVoice", "FishS2Lo
             "FishS2PickTakeCodes", "FishS2Timeline", "FishS2Subtitles", "FishS2SaveSubtitles", "FishS2MixStems",
             "FishS2FitAudio"]
 WORKFLOW_DIR = REPO / "workflows"
-SCREENSHOT = REPO / "docs" / "images" / "fishs2_dialogue_workflow.png"
-PREVIEW_SCREENSHOT = REPO / "docs" / "images" / "fishs2_live_preview.png"
+SCREENSHOT_DIR = (REPO / "docs" / "images" if os.environ.get("FISHS2_UPDATE_DOCS_IMAGES") == "1"
+                  else Path(tempfile.gettempdir()) / "fishs2-screenshots")
+SCREENSHOT = SCREENSHOT_DIR / "fishs2_dialogue_workflow.png"
+PREVIEW_SCREENSHOT = SCREENSHOT_DIR / "fishs2_live_preview.png"
 RESULTS: dict[str, dict] = {}
 TIMINGS: dict[str, float] = {}
 
