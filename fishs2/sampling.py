@@ -78,7 +78,9 @@ def sample(
         uniforms = torch.stack(
             [torch.rand(probs.shape[-1], generator=g, dtype=dtype, device=probs.device) for g in generators]
         )
-    return torch.argmax(probs / -torch.log(uniforms), dim=-1)
+    # argmax(p / −log u), the exponential race, written as argmin(p / log u): the quotients are exact negations and
+    # both return the first index on ties, so the tokens are identical with one kernel fewer.
+    return torch.argmin(probs / torch.log(uniforms), dim=-1)
 
 
 class FrameUniforms:
