@@ -1,13 +1,14 @@
 """int8 weights × the decode step's few activation rows on CUDA, in one Triton kernel: y = (x · Wᵀ) · scales.
 
-Decode multiplies 1 … 4 activation rows (one per take) by each weight matrix, so it is bound by reading the weights.
+Decode multiplies a few activation rows (one per take) by each weight matrix, so it is bound by reading the weights.
 Dequantising W to the activation dtype first (`F.linear(x, W.to(x.dtype))`) reads int8, writes and re-reads a bf16
 copy: 5 bytes per weight instead of 1, which made int8 slower than bf16 on an H100 (28.4 against 77.9 frames/s).
 This kernel reads each int8 weight once, accumulates in fp32 and applies the row scale before the one rounding to
 the output dtype.
 
-Each program owns BLOCK_N output rows and walks K in BLOCK_K steps, holding every activation row's partial products
-for its rows. The rows are loaded once, so the kernel reads W once whatever the number of rows up to `MAX_ROWS`.
+Each program owns BLOCK_N output rows and walks K in BLOCK_K steps, holding the partial products of up to
+`ROWS_PER_PROGRAM` activation rows. Up to 4 rows, W is read once. More rows (takes, up to `MAX_ROWS`) get a second
+grid axis and read W once per 4 rows, which stays below the 5 bytes per weight of dequantising for a GEMM.
 Block sizes are autotuned per (rows, N, K) on the device at first use. The tuning runs outside any CUDA graph,
 during the static decoder's warm-up step. K is a compile-time constant (a model has three: 2560, 4096, 9728), which
 also keeps the loop bound static for Triton's interpreter.
@@ -26,7 +27,8 @@ import triton.testing
 
 __all__ = ["MAX_ROWS", "int8_matvec", "launch"]
 
-MAX_ROWS = 4  # rows held per program; more rows (prefill) go through the dequantising GEMM
+ROWS_PER_PROGRAM = 4  # activation rows whose partial products one program holds in registers
+MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) go through the dequantising GEMM
 WEIGHT_DTYPES = (torch.int8, torch.bfloat16, torch.float16)
 
 # Each thread loads 16 or 32 bytes of weights per step (one or two vector loads in flight); the configs differ in
@@ -45,8 +47,9 @@ def _int8_matvec_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # x [M, K] (any float dtype), w [N, K] int8, scales [N], out [M, N]; all contiguous.
+    # Program (i, j): output rows i·BLOCK_N …, activation rows j·BLOCK_M …
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ms = tl.arange(0, BLOCK_M)
+    ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -92,14 +95,19 @@ def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> None:
         raise ValueError(f"int8_matvec: scales must be [{weight.shape[0]}], got {list(scales.shape)}")
 
 
+def _block_m(rows: int) -> int:
+    return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
+
+
 def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, block_n: int, block_k: int) -> torch.Tensor:
     """The kernel with fixed block sizes (what the tests run through the interpreter) → [M, N] in x.dtype."""
     _check(x, weight, scales)
     x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
     (M, K), N = x.shape, weight.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    _int8_matvec_kernel[(triton.cdiv(N, block_n),)](x, weight, scales, out, M, N, K,
-                                                   BLOCK_M=triton.next_power_of_2(M), BLOCK_N=block_n, BLOCK_K=block_k)
+    block_m = _block_m(M)
+    _int8_matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
+        x, weight, scales, out, M, N, K, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 
@@ -110,6 +118,7 @@ def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> 
     x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
     (M, K), N = x.shape, weight.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)](x, weight, scales, out, M, N, K,
-                                                           BLOCK_M=triton.next_power_of_2(M))
+    block_m = _block_m(M)
+    _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))](
+        x, weight, scales, out, M, N, K, BLOCK_M=block_m)
     return out

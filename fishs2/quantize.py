@@ -39,7 +39,7 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scales.to(weight.dtype)
 
 
-MAX_MATVEC_ROWS = 4  # fishs2.int8_matvec.MAX_ROWS, kept here so that the CPU never imports Triton
+MAX_MATVEC_ROWS = 16  # fishs2.int8_matvec.MAX_ROWS, kept here so that the CPU never imports Triton
 _matvec_failure: list[str] = []  # why the CUDA kernel was given up in this process, if it was
 
 

@@ -163,7 +163,7 @@ def test_reduced_precision_stays_close_to_fp32(parts, variant):
 REAL_MATRICES = ((6144, 2560), (2560, 4096), (9728, 2560), (2560, 9728), (155776, 2560), (4096, 2560))
 
 
-@pytest.mark.parametrize("rows", [1, 4])  # 2 and 3 rows: tests/test_int8_matvec.py, through the interpreter
+@pytest.mark.parametrize("rows", [1, 4, 13])  # 2, 3, 7, 16 rows: tests/test_int8_matvec.py, in the interpreter
 def test_int8_kernel_at_real_shapes(rows):
     """The Triton int8 decode kernel (autotuned here) against fp32 arithmetic on the same int8 weights and bf16 rows:
     one rounding of the fp32 result, so within half a bf16 step."""

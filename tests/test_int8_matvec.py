@@ -18,14 +18,15 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every (rows, N, K) is run with every autotuning config: N and K that are not multiples of the blocks, K shorter
-# than one block, 1 … 4 rows (3 pads the row block to 4).
+# than one block, 1 … 4 rows (3 pads the row block to 4), and 7 and 16 rows (two and four row blocks).
 INTERPRETED = textwrap.dedent("""
     import json, sys, torch
     from fishs2.int8_matvec import CONFIGS, launch
     gen = torch.Generator().manual_seed(0)
     worst = {}
     for dtype in (torch.float32, torch.bfloat16):
-        for m, n, k in ((1, 1, 5), (2, 37, 300), (3, 64, 512), (4, 130, 1000), (1, 19, 1030)):
+        for m, n, k in ((1, 1, 5), (2, 37, 300), (3, 64, 512), (4, 130, 1000), (1, 19, 1030), (7, 40, 260),
+                        (16, 33, 300)):
             x = torch.randn(m, k, generator=gen).to(dtype)
             w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
             s = (torch.rand(n, generator=gen) / 127 + 1e-3).to(dtype)
@@ -64,8 +65,8 @@ def test_inputs_are_checked():
 
     assert MAX_ROWS == MAX_MATVEC_ROWS
     w = torch.zeros(8, 16, dtype=torch.int8)
-    with pytest.raises(ValueError, match=r"x must be \[1…4, K\]"):
-        int8_matvec(torch.zeros(5, 16), w, torch.ones(8))
+    with pytest.raises(ValueError, match=r"x must be \[1…16, K\]"):
+        int8_matvec(torch.zeros(17, 16), w, torch.ones(8))
     with pytest.raises(ValueError, match="weight must be int8"):
         int8_matvec(torch.zeros(1, 16), w.float(), torch.ones(8))  # fp32 weights: not a format the engine keeps
     with pytest.raises(ValueError, match="weight must be int8"):
