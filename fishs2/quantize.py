@@ -75,8 +75,9 @@ def dequantized_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tens
 
 
 def decode_rows(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [≤ MAX_MATVEC_ROWS, K] on CUDA → [rows, N] through the int8 kernel, or the GEMM where it is unavailable."""
-    kernel = cuda_matvec()
+    """x [≤ MAX_MATVEC_ROWS, K] → [rows, N]: on CUDA through the int8 kernel, elsewhere (MPS, XPU …) or where the
+    kernel is unavailable through the GEMM."""
+    kernel = cuda_matvec() if x.is_cuda else None
     if kernel is not None:
         try:
             return kernel(x, weight, scales)

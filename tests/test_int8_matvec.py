@@ -154,3 +154,15 @@ def test_autotuning_builds_only_configs_that_fit_the_rows():
     assert {c.kwargs["BLOCK_K"] for c in _fitting_configs(CONFIGS, {"K": 300})} == {256, 512}
     tiny = _fitting_configs(CONFIGS, {"K": 64})
     assert len(tiny) == 1 and tiny[0].kwargs["BLOCK_K"] == min(c.kwargs["BLOCK_K"] for c in CONFIGS)
+
+
+def test_decode_rows_off_cuda_use_the_gemm_without_triton():
+    """Rows on a device that is neither the CPU kernel's nor CUDA (here the meta device stands in for MPS/XPU) take the
+    dequantising GEMM and never touch Triton or the kernel's failure switch."""
+    import fishs2.quantize as quantize
+
+    weight, scales = quantize.quantize_rows(torch.randn(24, 40))
+    x = torch.randn(2, 40)
+    out = quantize.decode_rows(x.to("meta"), weight.to("meta"), scales.to("meta"))
+    assert out.shape == (2, 24) and out.device.type == "meta"
+    assert not quantize._matvec_failure
