@@ -70,8 +70,9 @@ def _disable_matvec(error: Exception) -> None:
 
 
 def dequantized_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x · (weight · scales[:, None])ᵀ through a GEMM on the dequantised weight (any number of rows, any device)."""
-    return F.linear(x, weight.to(x.dtype)) * scales
+    """x · (weight · scales[:, None])ᵀ through a GEMM on the dequantised weight (any number of rows, any device), in
+    x's dtype like the kernel's result."""
+    return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
 
 
 def decode_rows(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

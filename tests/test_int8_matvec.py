@@ -166,3 +166,14 @@ def test_decode_rows_off_cuda_use_the_gemm_without_triton():
     out = quantize.decode_rows(x.to("meta"), weight.to("meta"), scales.to("meta"))
     assert out.shape == (2, 24) and out.device.type == "meta"
     assert not quantize._matvec_failure
+
+
+def test_int8_layer_branches_off_the_cpu_keep_shapes():
+    """Int8Linear off the CPU (the meta device runs its GPU-side code without a GPU): decode rows (≤ 16) and prefill
+    rows (> 16), batched [B, T, K] inputs, come back as [B, T, N] in the activation dtype."""
+    from fishs2.quantize import Int8Linear
+
+    layer = Int8Linear.from_float(torch.nn.Linear(40, 24, bias=False)).to("meta")
+    for shape in ((2, 1, 40), (1, 16, 40), (3, 7, 40), (1, 300, 40)):
+        out = layer(torch.empty(shape, device="meta", dtype=torch.bfloat16))
+        assert out.shape == (*shape[:-1], 24) and out.dtype == torch.bfloat16
