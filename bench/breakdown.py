@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT))
 from bench.run import (  # noqa: E402
     DTYPES, NO_STOP, PARAMS, REAL_CONFIG, random_prompt, real_model, sync, weight_bytes_per_frame,
 )
-from fishs2.generate import StaticDecoder, prefill, sample_frame  # noqa: E402
+from fishs2.generate import StaticDecoder, prefill  # noqa: E402
 from fishs2.quantize import quantize_int8  # noqa: E402
-from fishs2.sampling import DeviceSampling, make_generators  # noqa: E402
+from fishs2.sampling import make_generators  # noqa: E402
 
 
 def decoder(model, context: int, capacity: int, cuda_graph: bool) -> StaticDecoder:
@@ -34,9 +34,8 @@ def decoder(model, context: int, capacity: int, cuda_graph: bool) -> StaticDecod
     gens = make_generators([3], model.device)
     prompt = random_prompt(model.config, context)[None].to(model.device)
     logits, hidden = prefill(model, prompt, state)
-    first = sample_frame(model, logits, hidden, state, DeviceSampling.of(PARAMS, model.dtype, model.device), gens,
-                         None)
-    static.start(PARAMS, gens, first, cuda_graph)
+    static.start(PARAMS, gens, cuda_graph)
+    static.first_frame(logits, hidden)
     return static
 
 

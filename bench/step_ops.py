@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fishs2.config import ModelConfig  # noqa: E402
-from fishs2.generate import StaticDecoder, sample_frame, slow_step  # noqa: E402
+from fishs2.generate import StaticDecoder, slow_step  # noqa: E402
 from fishs2.model import DualAR  # noqa: E402
-from fishs2.sampling import DeviceSampling, SamplingParams, make_generators  # noqa: E402
+from fishs2.sampling import SamplingParams, make_generators  # noqa: E402
 
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "golden" / "real_config_reference.json"
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided",
@@ -81,9 +81,8 @@ def main() -> None:
         prompt = torch.randint(0, 100, (1, config.num_codebooks + 1, 20))
         logits, hidden = slow_step(model, prompt, state)
         generators = make_generators([1], model.device)
-        first = sample_frame(model, logits, hidden, state, DeviceSampling.of(params, model.dtype, model.device),
-                             generators, None)
-        decoder.start(params, generators, first)
+        decoder.start(params, generators)
+        decoder.first_frame(logits, hidden)
         decoder()
         with CountCalls() as counter:
             decoder.step()

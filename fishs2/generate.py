@@ -189,11 +189,16 @@ class StaticDecoder:
     """The decode step with fixed shapes and fixed addresses, reusable across requests (spec §6.3 numerics).
 
     It owns a request-independent `DecodeState` — caches of `capacity` slots for `batch` sequences — and buffers for
-    everything a step reads: the previous frame, the RAS window, the position, the padding, the sampling settings
-    and the frame's uniforms, which each call draws from the request's generators before the step
-    (`FrameUniforms`). The step itself reads buffers only and never the host, so on CUDA it is captured once as a
-    CUDA graph (`capture`) that every later frame of every later request replays. Attention reads the whole cache
-    under a mask (`AttentionMode.static()`); stale slots of an earlier request are masked like empty ones.
+    everything a step reads: the previous frame, the RAS window, the position, the padding, the sampling settings,
+    the slow AR's last logits and hidden state, and the frame's uniforms, which each call draws from the request's
+    generators before the step (`FrameUniforms`). The step reads buffers only and never the host, so on CUDA it is
+    captured once (`capture`) and every later frame of every later request replays it. Attention reads the whole
+    cache under a mask (`AttentionMode.static()`); stale slots of an earlier request are masked like empty ones.
+
+    The step is two halves, each its own graph: `slow_half` (the previous frame through the slow AR into the
+    logits/hidden buffers) and `sample_half` (those buffers → the next frame: main token, RAS, the fast AR's nine
+    codebooks). A request's first frame comes from the prefill's outputs through `sample_half` alone
+    (`first_frame`), so it too replays a graph instead of launching its fast-AR steps one by one.
 
     The model keeps the last one built (`acquire`); moving or casting the model drops it (`DualAR._apply`).
     """
@@ -209,10 +214,12 @@ class StaticDecoder:
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)
         self.padding = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)
+        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=model.dtype, device=device)
+        self.hidden = torch.zeros(batch, cfg.slow.dim, dtype=model.dtype, device=device)
         self.sampling = DeviceSampling.of(SamplingParams(), model.dtype, device, top_k_on_device=True)
         self.uniforms = FrameUniforms(batch, cfg.vocab_size, cfg.num_codebooks, cfg.codebook_size, model.dtype, device)
         self.generators: list[torch.Generator] = []
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None  # (slow half, sample half)
         self.use_graph = False
         self.busy = False
 
@@ -255,47 +262,75 @@ class StaticDecoder:
             state.padding = self.padding
         return state
 
-    def start(self, params: SamplingParams, generators: list[torch.Generator], first_frame: torch.Tensor,
-              cuda_graph: bool = False) -> None:
-        """After the prefill and the first frame: load the request into the buffers."""
-        self.frame.copy_(first_frame)
-        self.window.zero_()
-        self.position.fill_(self.state.position)
+    def start(self, params: SamplingParams, generators: list[torch.Generator], cuda_graph: bool = False) -> None:
+        """Load the request's sampling settings and generators (before `first_frame`)."""
         self.sampling.fill_(params)
         self.generators = generators
         self.use_graph = cuda_graph
 
-    def step(self) -> None:
-        """One frame from the buffers into the buffers: what the CUDA graph records."""
+    def first_frame(self, logits: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The prefill's last logits [B, vocab] and hidden state [B, dim] → the request's first frame [B, K+1]
+        (a new tensor), sampled by `sample_half` exactly as `sample_frame` samples it without a RAS window. Leaves
+        the buffers ready for the decode loop."""
+        self.logits.copy_(logits)
+        self.hidden.copy_(hidden)
+        self.window.fill_(-1)  # no token id: the first frame is never redrawn (RAS looks at decode frames only)
+        self.position.fill_(self.state.position)  # a capture's warm-up step writes the slot the next frame writes
+        self.uniforms.draw(self.generators)
+        self._run(slow=False)
+        self.window.zero_()
+        self.position.fill_(self.state.position)
+        return self.frame.clone()
+
+    def slow_half(self) -> None:
+        """The previous frame through the slow AR at `position` → the logits and hidden buffers."""
         state, position = self.state, self.position.view(1)
         rope = state.slow_rope[(position[None] - self.pad[:, None]).clamp(min=0)]  # [B, 1, D/2, 2]
         logits, hidden = self.model.slow(self.frame[:, :, None], position, state.slow_caches, rope,
                                          AttentionMode.static(), padding=self.padding)
-        frame = sample_frame(self.model, logits[:, -1], hidden[:, -1], state, self.sampling, None, self.window,
+        self.logits.copy_(logits[:, -1])
+        self.hidden.copy_(hidden[:, -1])
+
+    def sample_half(self) -> None:
+        """The logits and hidden buffers → the next frame in the frame buffer; advances the window and position."""
+        frame = sample_frame(self.model, self.logits, self.hidden, self.state, self.sampling, None, self.window,
                              self.uniforms)
         self.window.copy_(torch.cat([self.window[:, 1:], frame[:, :1]], dim=1))
         self.frame.copy_(frame)
         self.position += 1
+
+    def step(self) -> None:
+        """One frame from the buffers into the buffers: what the two CUDA graphs record."""
+        self.slow_half()
+        self.sample_half()
 
     def __call__(self) -> torch.Tensor:
         """Decode one frame → the frame buffer [B, K+1] (overwritten by the next call)."""
         check_capacity(self.state, self.state.position + 1)
         self.state.position += 1
         self.uniforms.draw(self.generators)
-        if self.use_graph and self.graph is None:
-            self.capture()
-        if self.use_graph:
-            self.graph.replay()
-        else:
-            self.step()
+        self._run(slow=True)
         return self.frame
 
+    def _run(self, slow: bool) -> None:
+        if not self.use_graph:
+            if slow:
+                self.slow_half()
+            self.sample_half()
+            return
+        if self.graphs is None:
+            self.capture()
+        if slow:
+            self.graphs[0].replay()
+        self.graphs[1].replay()
+
     def capture(self) -> None:
-        """Record `step()` as a CUDA graph (after a warm-up step on a side stream). The buffers a step advances are
-        restored afterwards, so capturing consumes no frame; it draws no random numbers at all."""
+        """Record `slow_half` and `sample_half` as CUDA graphs (after a warm-up step on a side stream, which also
+        runs autotuning and lazy initialisation outside the capture). The buffers a step changes are restored
+        afterwards, so capturing consumes no frame; it draws no random numbers at all."""
         if self.frame.device.type != "cuda":
             raise ValueError("CUDA graphs need a model on a CUDA device.")
-        buffers = (self.frame, self.window, self.position)
+        buffers = (self.frame, self.window, self.position, self.logits, self.hidden)
         saved = [b.clone() for b in buffers]
 
         def restore():
@@ -309,15 +344,16 @@ class StaticDecoder:
                 self.step()
                 restore()
             torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.step()
+            graphs = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            for graph, half in zip(graphs, (self.slow_half, self.sample_half)):
+                with torch.cuda.graph(graph):
+                    half()
         except BaseException:
             if self.model.static_decoder is self:  # e.g. out of memory mid-capture: build afresh next time
                 self.model.static_decoder = None
             raise
         restore()
-        self.graph = graph
+        self.graphs = graphs
 
 
 def left_pad(prompt: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -364,7 +400,8 @@ def generate_frames(
     `check_every` or on which sequences share the batch.
 
     `static` decodes with the model's reusable fixed-shape decoder (`StaticDecoder`); `cuda_graph` (CUDA only,
-    implies `static`) replays that step as one CUDA graph, captured by the decoder's first request.
+    implies `static`) replays that step as CUDA graphs, captured by the decoder's first request; the first frame's
+    sampling and fast AR replay the step's second half.
     """
     prompt, pad = left_pad(prompt)
     batch, _, length = prompt.shape
@@ -381,11 +418,13 @@ def generate_frames(
     try:
         state = decoder.begin(pad) if static else new_state(model, batch, length + max_frames, eos_id, mode, pad)
         logits, hidden = prefill(model, prompt.to(device), state, prefill_chunk)
-        frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
-        yield frame.cpu()
         if static:
-            decoder.start(params, generators, frame, cuda_graph)
+            decoder.start(params, generators, cuda_graph)
+            frame = decoder.first_frame(logits, hidden)
         else:
+            frame = sample_frame(model, logits, hidden, state, sampling, generators, window=None)
+        yield frame.cpu()
+        if not static:
             decoder = FrameDecoder(model, state, sampling, generators, frame)
         yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
     finally:

@@ -70,21 +70,19 @@ def test_paths_reproduce_the_official_generation(engine, name, mode, options):
 
 
 def decode_with(decoder_of, model, prompt, params, eos_id, seeds, frames=5):
-    """Prefill `prompt`, sample the first frame, then `frames` decoder calls → (frames, state, generator states)."""
+    """Prefill `prompt`, then the first frame and `frames` decoder calls → (frames, state, generator states)."""
     gens = make_generators(seeds, "cpu")
     with torch.inference_mode():
         decoder, state = decoder_of(prompt.shape[0], prompt.shape[-1] + frames + 1)
         logits, hidden = prefill(model, prompt, state)
-        first = sample_frame(model, logits, hidden, state, DeviceSampling.of(params, model.dtype, model.device), gens,
-                             None)
-        decoder = decoder(first, gens)
-        out = torch.stack([decoder().clone() for _ in range(frames)])
+        first, decoder = decoder(logits, hidden, gens)
+        out = torch.stack([first, *(decoder().clone() for _ in range(frames))])
     return out, state, [g.get_state() for g in gens]
 
 
 def test_static_step_matches_dynamic_step(engine):
-    """The static decoder's step (mask over the whole cache, uniforms drawn before the step) gives the frames, cache
-    and generator states of the dynamic step."""
+    """The static decoder's first frame (the step's sampling half on the prefill's outputs) and step (mask over the
+    whole cache, uniforms drawn before the step) give the frames, cache and generator states of the dynamic path."""
     model, tokenizer, builder = engine
     prompt = builder.build("Hello there, this is a test.", [])[None]
     params = SamplingParams()
@@ -93,14 +91,18 @@ def test_static_step_matches_dynamic_step(engine):
     def dynamic(batch, capacity):
         state = new_state(model, batch, capacity, eos)
         device_params = DeviceSampling.of(params, model.dtype, model.device)
-        return (lambda first, gens: FrameDecoder(model, state, device_params, gens, first)), state
+
+        def start(logits, hidden, gens):
+            first = sample_frame(model, logits, hidden, state, device_params, gens, None)
+            return first, FrameDecoder(model, state, device_params, gens, first)
+        return start, state
 
     def static(batch, capacity):
         decoder = StaticDecoder(model, batch, capacity, eos)
 
-        def start(first, gens):
-            decoder.start(params, gens, first)
-            return decoder
+        def start(logits, hidden, gens):
+            decoder.start(params, gens)
+            return decoder.first_frame(logits, hidden), decoder
         return start, decoder.begin(None)
 
     (frames_a, state_a, rng_a), (frames_b, state_b, rng_b) = (
@@ -136,9 +138,8 @@ def test_static_step_never_reads_device_values_on_the_host(engine):
     gens = make_generators([1, 2], "cpu")
     with torch.inference_mode():
         logits, hidden = prefill(model, prompt, state)
-        first = sample_frame(model, logits, hidden, state, DeviceSampling.of(params, model.dtype, model.device), gens,
-                             None)
-        decoder.start(params, gens, first)
+        decoder.start(params, gens)
+        decoder.first_frame(logits, hidden)
         decoder.uniforms.draw(gens)
         with Ops() as ops:
             decoder.step()
@@ -384,7 +385,7 @@ def test_cuda_graph_is_captured_once_and_serves_later_requests(engine, monkeypat
             results.append((torch.stack(frames), [g.get_state() for g in gens]))
         assert torch.equal(results[0][0], results[1][0])
         assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
-    assert len(captures) == 1 and model.static_decoder.graph is not None
+    assert len(captures) == 1 and model.static_decoder.graphs is not None
     model.to("cpu")
     assert model.static_decoder is None  # offloading frees the caches and the graph
 
