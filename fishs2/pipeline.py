@@ -18,7 +18,7 @@ from . import hub
 from .checkpoint import load_model
 from .config import ModelConfig
 from .errors import AudioError, CheckpointError, CodesError, OutOfMemoryError, ParameterError, TextError, VoiceError
-from .generate import FrameEvent, Generation, SegmentEvent, generate_segments, static_capacity
+from .generate import FrameEvent, Generation, SegmentEvent, generate_frames, generate_segments, static_capacity
 from .model import AttentionMode, DualAR
 from .prompt import SPEAKER_TAG, PromptBuilder, Reference, group_turns, split_turns
 from .script import ZWSP, find_tags, normalize_text, strip_tags
@@ -319,6 +319,40 @@ class FishS2:
                 self.model, self.prompts, batches, references, params, max_frames, generators, mode=mode,
                 check_every=check_every, static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda",
             )
+
+    def warm_up(self, *, max_frames: int = 1024, prompt_len: int = 1024, takes: int = 1,
+                cuda_graph: bool | None = None) -> None:
+        """Pay a process's one-time costs before its first request, so that the first request streams its first
+        audio as soon as later ones do (for servers; a one-shot script gains nothing).
+
+        Runs the first frames of a throwaway request of `takes` takes: kernels load, cuBLAS and the int8 kernel's
+        autotuning pick their configurations, and with `cuda_graph` (default: on CUDA, as `stream`) the decode
+        step's graphs are captured and kept for requests of `takes` takes and up to `prompt_len` + `max_frames`
+        positions (those in the same 1024-position bucket, `generate.static_capacity`). Then the codec decodes a
+        few frames through `decode_stream`, as live preview does. Draws no number from a generator the caller uses.
+        """
+        for name, value, low in (("max_frames", max_frames, 1), ("prompt_len", prompt_len, 1), ("takes", takes, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ParameterError(f"{name}={value!r}: must be an integer ≥ {low}.")
+        if prompt_len + max_frames > self.config.max_seq_len:
+            raise ParameterError(f"prompt_len + max_frames = {prompt_len + max_frames}: the model's context holds "
+                                 f"{self.config.max_seq_len} positions; lower them.")
+        if cuda_graph is None:
+            cuda_graph = self.device.type == "cuda"
+        prompt = self.prompts.build("Warm-up.", [])
+        frames = generate_frames(
+            self.model, [prompt] * takes, SamplingParams(), prompt_len + max_frames - prompt.shape[-1],
+            make_generators(list(range(takes)), self.device), self.tokenizer.im_end_id,
+            static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda",
+        )
+        try:
+            for _ in zip(range(3), frames):  # the first frame (the capture comes before it) and two decode steps
+                pass
+        finally:
+            frames.close()
+        codes = torch.zeros(self.config.num_codebooks, 4, dtype=torch.long, device=self.codec_device)
+        with torch.inference_mode():
+            self.codec.decode_stream(codes, 0)
 
     def _check_fits(self, batches: list[tuple[str, list[int]]], references: list[Reference], max_frames: int) -> None:
         """Every batch must fit the context on its own (carried history is dropped as needed, never the batch):

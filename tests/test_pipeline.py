@@ -186,3 +186,30 @@ def test_memory_estimate_of_the_cuda_graph_path_counts_its_cache_bucket(tiny_tts
     assert bucket - exact == kv_cache_bytes(cfg, 1024, dtype=tiny_tts.dtype) - kv_cache_bytes(cfg, 150, dtype=tiny_tts.dtype) \
         + (1024 - 150) * cfg.slow.head_dim * 4  # and the (fp32) RoPE rows of the extra positions
     assert tiny_tts.memory_estimate(100, 50).kv_cache == exact  # a CPU model decodes without the graph
+
+
+def test_warm_up_keeps_the_decoder_of_its_bucket_and_changes_no_result(tiny_tts):
+    """A server's warm-up leaves the decoder (and on CUDA its graphs) that a request of that size reuses, draws
+    nothing from the global generator, and the request's codes are those of a model that was never warmed."""
+    from fishs2.generate import static_capacity
+
+    text, options = "<|speaker:0|>After the warm-up.", dict(seed=5, max_frames=12, cuda_graph=True)
+    tiny_tts.model.static_decoder = None
+    cold = tiny_tts.generate(text, **options).codes
+    tiny_tts.model.static_decoder = None
+    rng = torch.random.get_rng_state()
+    tiny_tts.warm_up(max_frames=300, prompt_len=500, takes=2, cuda_graph=True)
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    kept = tiny_tts.model.static_decoder
+    assert kept.key[:2] == (2, static_capacity(800, tiny_tts.config.max_seq_len)) and not kept.busy
+    tiny_tts.warm_up(max_frames=300, prompt_len=500, cuda_graph=True)
+    kept = tiny_tts.model.static_decoder
+    assert torch.equal(tiny_tts.generate(text, **options).codes, cold)
+    assert tiny_tts.model.static_decoder is kept  # the request fell into the warmed bucket
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(max_frames=0), "max_frames=0"), (dict(takes=1.5), "takes=1.5"),
+                                           (dict(prompt_len=10**6), "context holds")])
+def test_warm_up_rejects_bad_sizes(tiny_tts, kwargs, match):
+    with pytest.raises(ParameterError, match=match):
+        tiny_tts.warm_up(**kwargs)
