@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fishs2.quantize import Int8Linear, dequantized_linear, quantize_rows  # noqa: E402
 
 # (name, out, in) of the real architecture; a frame runs the slow ones once and the fast ones ten times.
-MATRICES = (("wqkv", 6144, 2560), ("wo", 2560, 4096), ("w1 / w3", 9728, 2560), ("w2", 2560, 9728),
+MATRICES = (("wqkv", 6144, 2560), ("wo", 2560, 4096), ("w13 (w1 + w3)", 19456, 2560), ("w2", 2560, 9728),
             ("output head", 155776, 2560), ("fast codebook head", 4096, 2560))
 
 

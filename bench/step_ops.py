@@ -30,7 +30,7 @@ from fishs2.sampling import SamplingParams, make_generators  # noqa: E402
 REAL_CONFIG = ROOT / "tests" / "fixtures" / "golden" / "real_config_reference.json"
 VIEWS = {"view", "_unsafe_view", "t", "transpose", "expand", "slice", "select", "unsqueeze", "squeeze", "as_strided",
          "alias", "detach", "split", "split_with_sizes", "unbind", "permute", "reshape", "view_as_real",
-         "view_as_complex", "lift_fresh", "flatten"}
+         "view_as_complex", "lift_fresh", "flatten", "chunk"}
 
 NO_OPS_WHEN_SAME = {"to", "type_as", "contiguous"}  # these return their input when it already fits
 

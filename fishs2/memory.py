@@ -25,7 +25,7 @@ def dtype_bytes(dtype: torch.dtype) -> int:
 
 
 def layer_linear_params(c: TransformerConfig) -> int:
-    """Parameters of one transformer block's linear layers (wqkv, wo, w1, w3, w2)."""
+    """Parameters of one transformer block's linear layers (wqkv, wo, w13 = w1 + w3, w2)."""
     return c.dim * (c.q_size + 2 * c.kv_size) + c.q_size * c.dim + 3 * c.dim * c.intermediate_size
 
 
@@ -73,7 +73,7 @@ def weight_bytes(config: ModelConfig, dtype: torch.dtype, int8: bool = False, fp
     if not config.tie_word_embeddings:
         rows += config.vocab_size  # separate slow head
     if fp8:
-        linears = 5 * (slow.n_layer + fast.n_layer) + 1 + (0 if config.tie_word_embeddings else 1)
+        linears = 4 * (slow.n_layer + fast.n_layer) + 1 + (0 if config.tie_word_embeddings else 1)  # w13 is one
         return counts.linear + rows * 4 + linears * 4 + (counts.embedding + counts.norm) * size
     rows += config.vocab_size  # token table
     token_table = config.vocab_size * slow.dim

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fishs2 import FishS2
+from fishs2.checkpoint import parameter_sources
 from fishs2.errors import CheckpointError
 from fishs2.hub import missing_files, resolve
 from fishs2.synthetic import Sizes, write_checkpoint
@@ -28,7 +29,8 @@ def test_synthetic_checkpoint_loads_and_generates(tmp_path, shards, dtype):
     tts = FishS2.from_pretrained(tmp_path, device="cpu", dtype="fp32")
     assert tts.dtype == torch.float32
     n_tensors = 2 + 9 * SMALL.n_layer + 4 + 7 * SMALL.n_fast_layer
-    assert len(list(tts.model.parameters())) == n_tensors
+    assert len(parameter_sources(tts.model)) == n_tensors  # every checkpoint tensor has its place
+    assert len(list(tts.model.parameters())) == n_tensors - SMALL.n_layer - SMALL.n_fast_layer  # w1 + w3 = w13
     result = tts.generate("Hello world.", seed=0, max_frames=4)
     assert result.codes.shape[0] == 10 and 1 <= result.num_frames <= 4
 
@@ -92,6 +94,25 @@ def test_missing_key_is_named(tmp_path):
     d = copy_tiny_checkpoint(tmp_path / "m")
     _rewrite_shard(d, lambda t: t.pop("audio_decoder.output.weight"))
     with pytest.raises(CheckpointError, match="missing tensors: fast.output.weight"):
+        FishS2.from_pretrained(d, device="cpu")
+
+
+def test_swiglu_halves_are_checked_one_by_one(tmp_path):
+    """w1 and w3 fill the two halves of one parameter (w13): each must be present with its own shape, and they land
+    in the right order (w1's rows first)."""
+    d = copy_tiny_checkpoint(tmp_path / "m")
+    shard = load_file(str(d / "model-00002-of-00002.safetensors"))
+    key = next(k for k in shard if k.endswith("feed_forward.w3.weight"))
+    model = FishS2.from_pretrained(d, device="cpu").model
+    layer = int(key.split(".layers.")[1].split(".")[0])
+    blocks = model.slow.layers if key.startswith("text_model") else model.fast.layers
+    assert torch.equal(blocks[layer].feed_forward.w13.weight.chunk(2)[1], shard[key].float())
+    _rewrite_shard(d, lambda t: t.pop(key))
+    with pytest.raises(CheckpointError, match=r"missing tensors: .*feed_forward\.w3\.weight"):
+        FishS2.from_pretrained(d, device="cpu")
+    rows, cols = shard[key].shape
+    _rewrite_shard(d, lambda t: t.__setitem__(key, torch.ones(2 * rows, cols)))
+    with pytest.raises(CheckpointError, match=rf"w3.weight \[{2 * rows}, {cols}\] \(expected \[{rows}, {cols}\]\)"):
         FishS2.from_pretrained(d, device="cpu")
 
 

@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from fishs2.checkpoint import checkpoint_key_to_module_key
+from fishs2.checkpoint import checkpoint_key_to_module_key, parameter_sources
 from fishs2.codec import CodecConfig
 from fishs2.codec.model import Codec, remap_key
 from fishs2.config import ModelConfig
@@ -38,11 +38,12 @@ def test_real_llm_architecture_consumes_all_358_tensors():
     config = ModelConfig.from_dict(raw)
     with torch.device("meta"):
         model = DualAR(config)
-    ours = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    ours = {name: shape for name, (_, _, shape) in parameter_sources(model).items()}
     official = official_llm_keys()
     assert len(official) == 358
     mapped = {checkpoint_key_to_module_key(k): shape for k, shape in official.items()}
     assert mapped == ours
+    assert model.slow.layers[0].feed_forward.w13.weight.shape == (2 * 9728, 2560)  # w1 and w3, stacked
     assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - 4.56) < 0.01
 
 
