@@ -42,3 +42,19 @@ def test_decode_step_kernel_calls_stay_few():
     assert done.returncode == 0, done.stderr[-3000:]
     count = int(re.search(r"(\d+) operations per decode step", done.stdout).group(1))
     assert count <= 2050, f"{count} calls per decode step (was 1998): see `python bench/step_ops.py`"
+
+
+def test_goal_lines_name_the_best_path_and_the_verdict():
+    """The GPU report ends its decode section with the issue's two goals, judged on the best path for each."""
+    sys.path.insert(0, str(ROOT))
+    from bench.run import FRAME_SECONDS, goals
+
+    def run(rtf, later_first_audio):
+        return {"frames_per_s": 1 / (rtf * FRAME_SECONDS), "later_audio_frames_s": later_first_audio}
+
+    lines = goals({"graph": run(0.276, 0.080), "int8": run(0.110, 0.200)}, {"first_audio_decode_again_s": 0.010})
+    assert "- RTF ≤ 0.12: best path int8 at 0.110, met." in lines
+    assert any(line.startswith("- first audio ≤ 0.12 s") and "best path graph at 0.090 s, met." in line for line in lines)
+    lines = goals({"graph": run(0.214, 0.150)}, {"first_audio_decode_again_s": 0.030})
+    assert "- RTF ≤ 0.12: best path graph at 0.214, not met (1.78× the goal)." in lines
+    assert any("at 0.180 s, not met (1.50× the goal)" in line for line in lines)
