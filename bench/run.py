@@ -79,12 +79,15 @@ def stored_bytes(*modules: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def weight_bytes_per_frame(model: DualAR) -> int:
-    """Weight bytes one frame reads: the slow AR once (with its output head), the fast AR num_codebooks times (its
+def weight_bytes_per_frame(model: DualAR, full_head: bool = False) -> int:
+    """Weight bytes one frame reads: the slow AR once (with its output head: the rows of the semantic ids and the
+    stop token, or every row with `full_head` as the official formulation), the fast AR num_codebooks times (its
     output head num_codebooks − 1 times); embedding lookups read a few rows only and are left out."""
-    slow, fast, k = model.slow, model.fast, model.config.num_codebooks
-    head = slow.output if slow.output is not None else slow.embeddings
-    return (stored_bytes(*slow.layers, slow.norm, head) + k * stored_bytes(*fast.layers)
+    cfg, slow, fast, k = model.config, model.slow, model.fast, model.config.num_codebooks
+    head = stored_bytes(slow.output if slow.output is not None else slow.embeddings)
+    if not full_head:
+        head = head * (cfg.semantic_end_id - cfg.semantic_begin_id + 2) // cfg.vocab_size
+    return (stored_bytes(*slow.layers, slow.norm) + head + k * stored_bytes(*fast.layers)
             + (k - 1) * stored_bytes(fast.norm, fast.output))
 
 
@@ -392,8 +395,8 @@ def main() -> None:
               + ("device memory" if device.type == "cuda" else "RSS")
               + " (growth during the run) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
-        m = paths[name][0]
-        per_frame = weight_bytes_per_frame(m)
+        m, options = paths[name]
+        per_frame = weight_bytes_per_frame(m, options.get("mode", AttentionMode()).full_head)
         bandwidth = per_frame * r["frames_per_s"] / 1e9
         first_audio = "—"
         if codec:

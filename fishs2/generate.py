@@ -38,6 +38,8 @@ class DecodeState:
     slow_rope: torch.Tensor  # [capacity, head_dim/2, 2]
     fast_rope: torch.Tensor  # [num_codebooks, head_dim/2, 2]
     allowed_bias: torch.Tensor  # [vocab]: 0 for semantic ids and <|im_end|>, -inf elsewhere
+    allowed_ids: torch.Tensor  # [R]: the ids where allowed_bias is 0, ascending
+    head_rows: torch.nn.Module | None  # the slow head over allowed_ids only (None: the whole head, `full_head`)
     mode: AttentionMode
     position: int = 0  # next cache slot
     pad: torch.Tensor | None = None  # [B] left-padding slots per sequence (prompts of different lengths)
@@ -54,6 +56,17 @@ class DecodeState:
             return self.slow_rope[slots]
         return self.slow_rope[(slots[None] - self.pad[:, None]).clamp(min=0)]
 
+    def allowed_logits(self, logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """A slow step's last logits [B, R] (of `head_rows`' ids) or [B, vocab] (the whole head) → [B, vocab] with
+        −inf at every id a frame cannot take (the official bias's result: the allowed logits are unchanged, since
+        x + 0 = x). `out` [B, vocab], if given, receives them; with `head_rows` it must already hold −inf at the
+        other ids, which it keeps."""
+        if self.head_rows is None:
+            return logits + self.allowed_bias if out is None else torch.add(logits, self.allowed_bias, out=out)
+        if out is None:
+            out = logits.new_full((logits.shape[0], self.allowed_bias.shape[0]), float("-inf"))
+        return out.index_copy_(1, self.allowed_ids, logits)
+
 
 def new_state(
     model: DualAR,
@@ -69,9 +82,11 @@ def new_state(
     if mode.full_context:
         capacity = cfg.max_seq_len  # the official formulation preallocates the whole context
     device = model.device
-    bias = torch.full((cfg.vocab_size,), float("-inf"), dtype=model.dtype, device=device)
-    bias[cfg.semantic_begin_id : cfg.semantic_end_id + 1] = 0
-    bias[eos_id] = 0
+    allowed = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+    allowed[cfg.semantic_begin_id : cfg.semantic_end_id + 1] = True
+    allowed[eos_id] = True
+    bias = torch.zeros(cfg.vocab_size, dtype=model.dtype).masked_fill_(~allowed, float("-inf")).to(device)
+    allowed_ids = allowed.nonzero().flatten().to(device)
     padding = None
     if pad is not None:
         pad = pad.to(device)
@@ -82,6 +97,8 @@ def new_state(
         slow_rope=rope_table(torch.arange(capacity, device=device), cfg.slow.head_dim, cfg.rope_base),
         fast_rope=rope_table(torch.arange(cfg.num_codebooks, device=device), cfg.fast.head_dim, cfg.rope_base),
         allowed_bias=bias,
+        allowed_ids=allowed_ids,
+        head_rows=None if mode.full_head else model.slow.output_rows(allowed_ids),
         mode=mode,
         pad=pad,
         padding=padding,
@@ -97,13 +114,15 @@ def check_capacity(state: DecodeState, needed: int) -> None:
 
 
 def slow_step(model: DualAR, inp: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor]:
-    """inp [B, K+1, T] at the next T positions → (logits [B, vocab], hidden [B, dim]) of the last position."""
+    """inp [B, K+1, T] at the next T positions → (logits [B, vocab], −inf at the ids a frame cannot take; hidden
+    [B, dim]) of the last position."""
     start, T = state.position, inp.shape[-1]
     check_capacity(state, start + T)
     rope = state.rope(torch.arange(start, start + T, device=state.slow_rope.device))
-    logits, hidden = model.slow(inp, start, state.slow_caches, rope, state.mode, padding=state.padding)
+    logits, hidden = model.slow(inp, start, state.slow_caches, rope, state.mode, padding=state.padding,
+                                head_rows=state.head_rows)
     state.position = start + T
-    return logits[:, -1], hidden[:, -1]
+    return state.allowed_logits(logits[:, -1]), hidden[:, -1]
 
 
 def prefill(
@@ -126,7 +145,8 @@ def sample_frame(
     window: torch.Tensor | None,
     uniforms: FrameUniforms | None = None,
 ) -> torch.Tensor:
-    """One frame column [B, K+1] = [main token, c0 … c_{K−1}] from the slow outputs (spec §6.3).
+    """One frame column [B, K+1] = [main token, c0 … c_{K−1}] from the slow outputs (spec §6.3): `logits` as
+    `slow_step` returns them, −inf at the ids a frame cannot take.
 
     RNG order per frame, per sequence: main token, RAS alternative, then codebooks 1 … K−1 — drawn here from
     `generators`, or read from `uniforms` that `FrameUniforms.draw` filled in that order.
@@ -135,10 +155,9 @@ def sample_frame(
     if isinstance(params, SamplingParams):
         params = DeviceSampling.of(params, logits.dtype, logits.device)
     tokens = (None, None) if uniforms is None else (uniforms.tokens[:, 0], uniforms.tokens[:, 1])
-    biased = logits + state.allowed_bias
-    ranked = rank(biased)
-    main = sample(biased, params.temperature, params.top_p, params.top_k, generators, tokens[0], ranked)
-    alternative = sample(biased, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1], ranked)
+    ranked = rank(logits)
+    main = sample(logits, params.temperature, params.top_p, params.top_k, generators, tokens[0], ranked)
+    alternative = sample(logits, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1], ranked)
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)
@@ -214,7 +233,7 @@ class StaticDecoder:
         self.position = torch.zeros((), dtype=torch.long, device=device)
         self.pad = torch.zeros(batch, dtype=torch.long, device=device)
         self.padding = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)
-        self.logits = torch.zeros(batch, cfg.vocab_size, dtype=model.dtype, device=device)
+        self.logits = torch.full((batch, cfg.vocab_size), float("-inf"), dtype=model.dtype, device=device)
         self.hidden = torch.zeros(batch, cfg.slow.dim, dtype=model.dtype, device=device)
         self.sampling = DeviceSampling.of(SamplingParams(), model.dtype, device, top_k_on_device=True)
         self.uniforms = FrameUniforms(batch, cfg.vocab_size, cfg.num_codebooks, cfg.codebook_size, model.dtype, device)
@@ -287,8 +306,8 @@ class StaticDecoder:
         state, position = self.state, self.position.view(1)
         rope = state.slow_rope[(position[None] - self.pad[:, None]).clamp(min=0)]  # [B, 1, D/2, 2]
         logits, hidden = self.model.slow(self.frame[:, :, None], position, state.slow_caches, rope,
-                                         AttentionMode.static(), padding=self.padding)
-        self.logits.copy_(logits[:, -1])
+                                         AttentionMode.static(), padding=self.padding, head_rows=state.head_rows)
+        state.allowed_logits(logits[:, -1], out=self.logits)
         self.hidden.copy_(hidden[:, -1])
 
     def sample_half(self) -> None:

@@ -113,6 +113,10 @@ class Int8Linear(nn.Module):
     def from_float(cls, linear: nn.Linear) -> "Int8Linear":
         return cls(*quantize_rows(linear.weight.detach()))
 
+    def rows(self, ids: torch.Tensor) -> "Int8Linear":
+        """This layer restricted to output rows `ids` (copies)."""
+        return Int8Linear(self.weight.index_select(0, ids), self.scales.index_select(0, ids))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             # The CPU kernel is fast with bf16 activations and about 10× slower with fp32 ones, so fp32 models
@@ -186,6 +190,11 @@ class Fp8Linear(nn.Module):
     @classmethod
     def from_float(cls, linear: nn.Linear) -> "Fp8Linear":
         return cls(*quantize_rows_fp8(linear.weight.detach()))
+
+    def rows(self, ids: torch.Tensor) -> "Fp8Linear":
+        """This layer restricted to output rows `ids` (copies)."""
+        weight = self.weight.view(torch.uint8).index_select(0, ids).view(FP8)  # index_select has no fp8 kernel
+        return Fp8Linear(weight, self.scales.index_select(1, ids))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, token_scales = quantize_rows_fp8(x.reshape(-1, x.shape[-1]))

@@ -162,3 +162,26 @@ def test_quantised_model_generates(dtype, scheme):
         assert ((frames[..., 1:] >= 0) & (frames[..., 1:] < cfg.codebook_size)).all()
     if dtype == torch.float32:
         assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("scheme", [None, "int8", "fp8"])
+@pytest.mark.parametrize("tied", [True, False])
+def test_output_rows_give_the_head_logits_of_those_ids_exactly(scheme, tied):
+    """A decode step computes the slow head's rows of the ids a frame can take (`SlowTransformer.output_rows`):
+    for every weight format and a tied or separate head, each logit is the whole head's for that id (up to the
+    last bit: a matmul with 4 rows may accumulate in another order than one with 512)."""
+    torch.manual_seed(0)
+    directory = GOLDEN.directory / "tiny_s2"
+    config = ModelConfig.from_file(directory / "config.json")
+    model = load_model(directory, config, torch.float32, "cpu")
+    if not tied:
+        model.slow.output = torch.nn.Linear(config.slow.dim, config.vocab_size, bias=False)
+    if scheme is not None:
+        model = QUANTIZE[scheme](model)
+    ids = torch.tensor([0, 5, 77, config.vocab_size - 1])
+    x = torch.randn(2, 3, config.slow.dim)
+    with torch.inference_mode():
+        full, _ = model.slow.head(x)
+        rows, _ = model.slow.head(x, model.slow.output_rows(ids))
+    assert rows.shape == (2, 3, 4)
+    torch.testing.assert_close(rows, full[..., ids], rtol=1e-6, atol=1e-6)

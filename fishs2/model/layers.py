@@ -66,19 +66,21 @@ def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class AttentionMode:
-    """How attention reads the cache.
+    """How a decode step reads the cache (and the output head).
 
     The defaults are the fast path: the cache holds the request (prompt + max frames) and attention reads only the
-    filled positions, with native GQA. `static()` reads the whole request-sized cache under a mask, so shapes stay
-    fixed from frame to frame (what a CUDA graph needs). `official()` is the official formulation — the cache
-    preallocated to the model's whole context, every position read under a mask, GQA by repeat_interleave —
-    kept as a switchable baseline for bench/.
+    filled positions, with native GQA; the slow head computes only the ids a frame can take. `static()` reads the
+    whole request-sized cache under a mask, so shapes stay fixed from frame to frame (what a CUDA graph needs).
+    `official()` is the official formulation — the cache preallocated to the model's whole context, every position
+    read under a mask, GQA by repeat_interleave, the whole vocabulary's logits then a −inf bias — kept as a
+    switchable baseline for bench/.
     """
 
     filled_only: bool = True
     native_gqa: bool = True
     full_context: bool = False  # preallocate max_seq_len positions whatever the request
     manual: bool = False  # the official fast AR's hand-written attention, in the activation dtype
+    full_head: bool = False  # decode logits over the whole vocabulary (else over the allowed ids only)
 
     @classmethod
     def static(cls) -> "AttentionMode":
@@ -86,7 +88,7 @@ class AttentionMode:
 
     @classmethod
     def official(cls) -> "AttentionMode":
-        return cls(filled_only=False, native_gqa=False, full_context=True)
+        return cls(filled_only=False, native_gqa=False, full_context=True, full_head=True)
 
 
 class KVCache(nn.Module):

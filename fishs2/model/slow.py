@@ -34,11 +34,24 @@ class SlowTransformer(nn.Module):
         x = self.embeddings(tokens) + vq_sum * is_semantic
         return torch.where(is_semantic, x / frame_scale(cfg.num_codebooks), x)
 
-    def head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final norm and output projection → (logits [B, T, vocab], hidden handed to the fast AR [B, T, dim])."""
+    def head(self, x: torch.Tensor, rows: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final norm and output projection → (logits [B, T, vocab], or [B, T, R] through `rows` (`output_rows`),
+        hidden handed to the fast AR [B, T, dim])."""
         hidden = self.norm(x)
+        if rows is not None:
+            return rows(hidden), hidden
         logits = F.linear(hidden, self.embeddings.weight) if self.output is None else self.output(hidden)
         return logits, hidden
+
+    def output_rows(self, ids: torch.Tensor) -> nn.Module:
+        """The output projection restricted to the vocabulary ids `ids` [R]: a copy of those rows, so that a decode
+        step that can only sample R ids (the semantic tokens and the stop token, spec §6.3) reads R rows of the
+        155 776-row head instead of all of them. Each of its logits is the whole head's for that id (to the last bit
+        where the matmul kernel does not change with the row count)."""
+        if self.output is None:
+            return LinearRows(self.embeddings.weight.index_select(0, ids))
+        select = getattr(self.output, "rows", None)  # int8 / fp8 layers know how to cut their rows and scales
+        return select(ids) if select is not None else LinearRows(self.output.weight.index_select(0, ids))
 
     def forward(
         self,
@@ -49,9 +62,11 @@ class SlowTransformer(nn.Module):
         mode: AttentionMode,
         last_only: bool = True,
         padding: torch.Tensor | None = None,
+        head_rows: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """inp [B, K+1, T] in cache slots start … start+T−1 → (logits, hidden), of the last position only
-        unless `last_only` is False. `padding`: see `Attention.forward`."""
+        unless `last_only` is False; the logits of the ids of `head_rows` (`output_rows`) only, if given.
+        `padding`: see `Attention.forward`."""
         x = self.embed(inp)
         T = x.shape[1]
         mask = attention_mask(start, T, caches[0].capacity, mode, padding, x.device)
@@ -62,4 +77,15 @@ class SlowTransformer(nn.Module):
             x = layer(x, rotation, cache, start, mode, mask)
         if last_only:
             x = x[:, -1:]
-        return self.head(x)
+        return self.head(x, head_rows)
+
+
+class LinearRows(nn.Module):
+    """x Wᵀ for a kept slice W [R, dim] of an output projection (`SlowTransformer.output_rows`)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
