@@ -92,9 +92,11 @@ def kv_cache_bytes(config: ModelConfig, positions: int, batch: int = 1, dtype: t
 
 
 def request_state_bytes(config: ModelConfig, positions: int, batch: int, dtype: torch.dtype) -> int:
-    """The rest of a request's state: the RoPE tables (fp32) and the vocabulary bias."""
+    """The rest of a request's state: the RoPE tables (fp32), the vocabulary bias and the slow head's rows of the
+    ids a frame can take (semantic ids + stop token; int8 rows are smaller, this counts `dtype`)."""
     rope = (positions * config.slow.head_dim + config.num_codebooks * config.fast.head_dim) * 4
-    return rope + config.vocab_size * dtype_bytes(dtype)
+    head_rows = (config.codebook_size + 1) * config.slow.dim
+    return rope + (config.vocab_size + head_rows) * dtype_bytes(dtype)
 
 
 def activation_bytes(config: ModelConfig, prompt: int, batch: int, dtype: torch.dtype, chunk: int = 2048) -> int:
