@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fishs2.quantize import Int8Linear, dequantized_linear, quantize_rows  # noqa: E402
 
-# (name, out, in) of the real architecture; a frame runs the slow ones once and the fast ones ten times.
+# (name, out, in) of the real architecture; a frame runs the slow ones once and the fast ones ten times (decode
+# reads the output head's rows of the 4097 ids a frame can take; the whole head is prefill's).
 MATRICES = (("wqkv", 6144, 2560), ("wo", 2560, 4096), ("w13 (w1 + w3)", 19456, 2560), ("w2", 2560, 9728),
-            ("output head", 155776, 2560), ("fast codebook head", 4096, 2560))
+            ("output head", 155776, 2560), ("output head, decode rows", 4097, 2560), ("fast codebook head", 4096, 2560))
 
 
 def timed(fn, device: torch.device, rounds: int) -> float:

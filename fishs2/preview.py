@@ -4,7 +4,9 @@
 per finished segment) and returns `PreviewChunk`s of audio:
 
 * `every_frames=None` (default): one chunk per finished line (segment);
-* `every_frames=N`: a chunk every N new frames of a take (and the rest when its segment finishes).
+* `every_frames=N`: a chunk every N new frames of a take (and the rest when its segment finishes);
+* `first_frames=F` (with `every_frames`): a take's first chunk after F frames, then chunks of 2F, 4F, … frames up
+  to N, so the first audio is heard after a fraction of a second instead of after N frames.
 
 Chunks come from the codec's incremental decoder (`Codec.decode_stream`), which recomputes only the receptive
 field of the new frames, so a chunk's cost does not grow with the length of the generation. The chunks of one
@@ -60,11 +62,12 @@ class PreviewChunk:
 class _Take:
     """Frames of one take so far: finished segments' codes plus the current segment's frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_frames: int | None) -> None:
         self.done: list[torch.Tensor] = []  # [K, n] per finished segment
         self.current: list[torch.Tensor] = []  # [K] per frame of the open segment
         self.emitted = 0  # samples already returned
         self.pending = 0  # frames since the last chunk
+        self.chunk_frames = chunk_frames  # frames of the next chunk within a line (None: chunks at line ends only)
 
     def codes(self) -> torch.Tensor:
         parts = list(self.done)
@@ -81,7 +84,8 @@ class LivePreview:
     """Turns `FrameEvent` / `SegmentEvent`s into `PreviewChunk`s (see the module doc).
 
     `codec` is the engine's codec (`FishS2.codec`); `takes` selects which takes are previewed (default: take 0);
-    `left_context_frames` is passed to `decode_stream` (None = exact).
+    `every_frames` / `first_frames` set the chunk sizes (module doc); `left_context_frames` is passed to
+    `decode_stream` (None = exact).
     """
 
     def __init__(
@@ -89,14 +93,19 @@ class LivePreview:
         codec,
         *,
         every_frames: int | None = None,
+        first_frames: int | None = None,
         takes: Sequence[int] = (0,),
         left_context_frames: int | None = None,
     ) -> None:
-        if every_frames is not None and (isinstance(every_frames, bool) or not isinstance(every_frames, int)
-                                         or every_frames < 1):
-            raise ParameterError(f"every_frames: must be None (per line) or an integer ≥ 1, got {every_frames!r}.")
+        for name, value in (("every_frames", every_frames), ("first_frames", first_frames)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ParameterError(f"{name}: must be None or an integer ≥ 1, got {value!r}.")
+        if first_frames is not None and every_frames is None:
+            raise ParameterError("first_frames: needs every_frames (the chunk size it grows to); with every_frames "
+                                 "None the preview sends one chunk per finished line.")
         self.codec = codec
         self.every_frames = every_frames
+        self.first_frames = every_frames if first_frames is None else min(first_frames, every_frames)
         self.takes = frozenset(int(t) for t in takes)
         self.left_context_frames = left_context_frames
         self._state: dict[int, _Take] = {}
@@ -113,11 +122,12 @@ class LivePreview:
         """Take one event; return the chunks it completes (often none)."""
         if event.take not in self.takes:
             return []
-        state = self._state.setdefault(event.take, _Take())
+        state = self._state.setdefault(event.take, _Take(self.first_frames))
         if isinstance(event, FrameEvent):
             state.current.append(event.codes.reshape(-1).to("cpu", torch.long))
             state.pending += 1
-            if self.every_frames is not None and state.pending >= self.every_frames:
+            if state.chunk_frames is not None and state.pending >= state.chunk_frames:
+                state.chunk_frames = min(2 * state.chunk_frames, self.every_frames)
                 return [self._chunk(event.take, event.segment, state, segment_done=False)]
             return []
         if isinstance(event, SegmentEvent):
@@ -151,6 +161,7 @@ def generate_with_preview(
     seed: int | None = None,
     takes: int = 1,
     every_frames: int | None = None,
+    first_frames: int | None = None,
     preview_takes: Iterable[int] = (0,),
     on_frame: Callable[[int], None] | None = None,
     **options,
@@ -158,7 +169,7 @@ def generate_with_preview(
     """`FishS2.generate_takes` with live preview: `on_chunk` gets each `PreviewChunk` as soon as it is decoded.
     Returns one `Generation` per take, identical to what `generate_takes` returns for the same arguments. An
     exception raised by `on_frame` or `on_chunk` (e.g. a cancel) stops generation at once and closes the stream."""
-    preview = LivePreview(tts.codec, every_frames=every_frames, takes=tuple(preview_takes))
+    preview = LivePreview(tts.codec, every_frames=every_frames, first_frames=first_frames, takes=tuple(preview_takes))
 
     def play(event) -> None:
         for chunk in preview.feed(event):

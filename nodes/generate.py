@@ -14,8 +14,10 @@ log = logging.getLogger("fishs2")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 MAX_TAKES = 16
 # Live preview: a chunk of take 0 every this many frames (about 2 s of audio; 21.5 frames = 1 s) and at the end of
-# each line, so even a single long line is heard while it is generated.
+# each line, so even a single long line is heard while it is generated. The first chunks are shorter (8, 16, 32
+# frames: the first audio after 0.37 s of it is generated, not 2 s).
 PREVIEW_EVERY_FRAMES = 43
+PREVIEW_FIRST_FRAMES = 8
 
 
 def prompt_length_estimate(script: ScriptData, voices) -> int:
@@ -170,7 +172,8 @@ class FishS2Generate(io.ComfyNode):
             results = engine("preview").generate_with_preview(
                 tts, list(script.turns), voices,
                 on_chunk=make_sender(cls.hidden.unique_id, prompt_id=current_prompt_id()),
-                seed=seed, takes=takes, every_frames=PREVIEW_EVERY_FRAMES, on_frame=on_frame, **options,
+                seed=seed, takes=takes, every_frames=PREVIEW_EVERY_FRAMES, first_frames=PREVIEW_FIRST_FRAMES,
+                on_frame=on_frame, **options,
             )
         else:
             results = tts.generate_takes(list(script.turns), voices, seed=seed, takes=takes, on_frame=on_frame,

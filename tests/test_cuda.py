@@ -159,8 +159,9 @@ def test_reduced_precision_stays_close_to_fp32(parts, variant):
     assert agreement >= (0.8 if variant == "fp8" else 0.9)
 
 
-# The real architecture's matrices (out, in): wqkv, wo, w13 (w1 and w3 stacked), w2, the tied output head, the fast codebook head.
-REAL_MATRICES = ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728), (155776, 2560), (4096, 2560))
+# The real architecture's matrices (out, in): wqkv, wo, w13 (w1 and w3 stacked), w2, the tied output head (whole,
+# and the decode step's rows of the 4097 ids a frame can take), the fast codebook head.
+REAL_MATRICES = ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728), (155776, 2560), (4097, 2560), (4096, 2560))
 
 
 @pytest.mark.parametrize("rows", [1, 4, 13])  # 2, 3, 7, 16 rows: tests/test_int8_matvec.py, in the interpreter

@@ -9,7 +9,7 @@ import soundfile
 import torch
 
 from fishs2.errors import ParameterError
-from fishs2.generate import FrameEvent
+from fishs2.generate import FrameEvent, SegmentEvent
 from fishs2.preview import LivePreview, generate_with_preview
 
 TEXT = "<|speaker:0|>First line here.<|speaker:0|>A second line."
@@ -58,6 +58,22 @@ def test_first_chunk_arrives_before_generation_finishes(tiny_tts):
     assert frames_before == 2
 
 
+def test_first_chunks_are_short_then_grow_to_every_frames(tiny_tts):
+    """With first_frames the first audio comes after a few frames; chunks then double up to every_frames, and a
+    finished line still ends in a chunk of whatever is left."""
+    from fishs2.generate import Segment
+
+    codes = torch.randint(0, tiny_tts.codec.codebook_size, (10, 20))  # a 20-frame line, streamed frame by frame, then finished
+    events = [FrameEvent(0, 0, codes[:, i]) for i in range(20)]
+    events.append(SegmentEvent(0, 0, Segment("line", [0], codes, False)))
+    preview = LivePreview(tiny_tts.codec, every_frames=5, first_frames=1)
+    chunks = [c for e in events for c in preview.feed(e)]
+    assert [c.audio.shape[-1] // 2048 for c in chunks] == [1, 2, 4, 5, 5, 3]  # 1 + 2 + 4 + 5 + 5, then the rest
+    assert chunks[-1].segment_done and not any(c.segment_done for c in chunks[:-1])
+    joined = torch.cat([c.audio for c in chunks])
+    assert (joined - tiny_tts.decode(codes)[0]).abs().max() <= 1e-4
+
+
 def test_only_selected_takes_are_previewed(tiny_tts):
     preview = LivePreview(tiny_tts.codec, takes=(1,))
     chunks = [c for e in tiny_tts.stream(TEXT, seed=2, takes=2, **OPTIONS) for c in preview.feed(e)]
@@ -76,6 +92,10 @@ def test_chunk_wav_bytes_is_a_playable_file(tiny_tts):
 def test_bad_options_and_events(tiny_tts):
     with pytest.raises(ParameterError, match="^every_frames: "):
         LivePreview(tiny_tts.codec, every_frames=0)
+    with pytest.raises(ParameterError, match="^first_frames: must be"):
+        LivePreview(tiny_tts.codec, every_frames=4, first_frames=0)
+    with pytest.raises(ParameterError, match="^first_frames: needs every_frames"):
+        LivePreview(tiny_tts.codec, first_frames=4)
     with pytest.raises(ParameterError, match="^event: "):
         LivePreview(tiny_tts.codec).feed(type("Other", (), {"take": 0})())
 
