@@ -249,6 +249,24 @@ def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
     assert fp8.generate(text, seed=11, max_frames=48, cuda_graph=False).num_frames > 0
 
 
+def test_warm_up_captures_before_the_first_request(tiny_checkpoint_dir, monkeypatch):
+    """After `warm_up` the first request of that size replays the warmed graphs (no capture of its own) and gets
+    the eager path's codes."""
+    from fishs2 import FishS2
+    from fishs2.generate import StaticDecoder
+
+    tts = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16")
+    captures = []
+    capture = StaticDecoder.capture
+    monkeypatch.setattr(StaticDecoder, "capture", lambda self: captures.append(1) or capture(self))
+    tts.warm_up(max_frames=48, prompt_len=200)
+    assert len(captures) == 1 and tts.model.static_decoder.graphs is not None
+    text = "<|speaker:0|>The first request after a warm-up."
+    warmed = tts.generate(text, seed=11, max_frames=48)
+    assert len(captures) == 1
+    assert torch.equal(warmed.codes, tts.generate(text, seed=11, max_frames=48, cuda_graph=False).codes)
+
+
 def test_compiled_blocks_in_a_cuda_graph_match_golden(parts, seed_independent_frames):
     """torch.compile'd blocks captured in the CUDA graph (the fastest path) still give the official codes."""
     model = model_on_cuda(parts).compile_blocks()
