@@ -2,7 +2,8 @@
 # Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
 # the CUDA tests, the int8 kernel against cuBLAS (bench/matvec.py), the real-architecture bench (bf16, with int8
 # and fp8 side by side), the sampling bench, the same bench with compiled blocks, and the per-kernel breakdown.
-# A step whose *_TIMEOUT is 0 is skipped (TEST, MATVEC, BENCH, COMPILE, SAMPLING, BREAKDOWN).
+# A step whose *_TIMEOUT is 0 is skipped (TEST, MATVEC, BENCH, COMPILE, SAMPLING, BREAKDOWN); BENCH_PATHS picks the
+# bench's decode paths (default: all) and FRAMES its frames per run (default 256).
 # Logs and the bench's markdown report go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
 # needs, for machines without them) are installed into /tmp/site first.
 set -u
@@ -36,7 +37,7 @@ step "matrix x vector at the real shapes: bf16 cuBLAS, the int8 kernel (autotune
     "${MATVEC_TIMEOUT:-90}" $PY bench/matvec.py 2>&1 | tee "$OUT/matvec.log"
 
 step "bench, real architecture" "${BENCH_TIMEOUT:-300}" $PY bench/run.py --real --frames "${FRAMES:-256}" --runs 2 \
-    --write "$OUT/RESULTS-gpu.md" 2>&1 | tee "$OUT/bench.log"
+    --paths "${BENCH_PATHS:-fishs2,official,static,int8,fp8}" --write "$OUT/RESULTS-gpu.md" 2>&1 | tee "$OUT/bench.log"
 
 step "bench, real architecture, blocks compiled (torch.compile) inside the CUDA graph" "${COMPILE_TIMEOUT:-240}" \
     $PY bench/run.py --real --compile --paths static,int8 --no-codec --frames "${FRAMES:-256}" --runs 2 \
