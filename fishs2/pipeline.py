@@ -340,8 +340,8 @@ class FishS2:
         if cuda_graph is None:
             cuda_graph = self.device.type == "cuda"
         prompt = self.prompts.build("Warm-up.", [])
-        frames = generate_frames(
-            self.model, [prompt] * takes, SamplingParams(), prompt_len + max_frames - prompt.shape[-1],
+        frames = generate_frames(  # a request of max(prompt_len, this prompt's length) + max_frames positions
+            self.model, [prompt] * takes, SamplingParams(), max(prompt_len - prompt.shape[-1], 0) + max_frames,
             make_generators(list(range(takes)), self.device), self.tokenizer.im_end_id,
             static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda",
         )

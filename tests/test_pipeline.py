@@ -206,6 +206,7 @@ def test_warm_up_keeps_the_decoder_of_its_bucket_and_changes_no_result(tiny_tts)
     kept = tiny_tts.model.static_decoder
     assert torch.equal(tiny_tts.generate(text, **options).codes, cold)
     assert tiny_tts.model.static_decoder is kept  # the request fell into the warmed bucket
+    tiny_tts.warm_up(max_frames=1, prompt_len=1)  # shorter than the warm-up's own prompt: still a valid request
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(max_frames=0), "max_frames=0"), (dict(takes=1.5), "takes=1.5"),
