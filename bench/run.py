@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from fishs2.checkpoint import load_model  # noqa: E402
 from fishs2.config import ModelConfig  # noqa: E402
-from fishs2.generate import FrameDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
+from fishs2.generate import FrameDecoder, StaticDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
 from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
 from fishs2.model import AttentionMode, DualAR  # noqa: E402
 from fishs2.quantize import fp8_supported, quantize_fp8_model, quantize_int8  # noqa: E402
@@ -134,6 +134,28 @@ def decode_run(model: DualAR, prompt: torch.Tensor, frames: int, first_audio: in
     return {"first_frame_s": stamps[0] - start, "first_audio_frames_s": stamps[min(first_audio, frames) - 1] - start,
             "frames_per_s": (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), "peak_bytes": memory(device, peak=True),
             "growth_bytes": max(0, memory(device, peak=True) - before)}
+
+
+def step_halves(decoder: StaticDecoder, rounds: int = 20) -> list[float]:
+    """Seconds per call of a kept static decoder's two halves — the slow AR (`slow_half`) and the fast AR with the
+    sampling (`sample_half`) — replayed from their CUDA graphs when captured, else run eagerly. The buffers a half
+    advances are restored afterwards; the slow half rewrites the cache slot the next frame would write."""
+    buffers = (decoder.frame, decoder.window, decoder.position, decoder.logits, decoder.hidden)
+    saved = [b.clone() for b in buffers]
+    halves = [g.replay for g in decoder.graphs] if decoder.graphs else [decoder.slow_half, decoder.sample_half]
+    device, seconds = decoder.frame.device, []
+    with torch.inference_mode():
+        for half in halves:
+            half()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(rounds):
+                half()
+            sync(device)
+            seconds.append((time.perf_counter() - start) / rounds)
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
+    return seconds
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -378,6 +400,8 @@ def main() -> None:
             runs[name].append(decode_run(m, prompt, args.frames, args.first_audio, **options))
             print(f"{name}: {runs[name][-1]}", flush=True)
     results = {name: best_of(r) for name, r in runs.items()}
+    halves = {name: step_halves(m.static_decoder) for name, (m, options) in paths.items()
+              if (options.get("static") or options.get("cuda_graph")) and m.static_decoder is not None}
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep = {}
     if {"fishs2", "official"} <= chosen:
@@ -419,6 +443,11 @@ def main() -> None:
               "one (which replays the graph and decodes a length seen before). Run-to-run spread of "
               "frames/s: "
               + ", ".join(f"{n} {100 * r['spread']:.0f}%" for n, r in results.items()) + ".", ""]
+    if halves:
+        lines += ["Where a static step's time goes (mean of 20 calls of each half, "
+                  + ("CUDA graph replays" if device.type == "cuda" else "run eagerly") + "):", ""]
+        lines += [f"- {name}: slow AR {1000 * slow:.2f} ms, fast AR + sampling {1000 * fast:.2f} ms per frame"
+                  for name, (slow, fast) in halves.items()] + [""]
     if args.real and device.type == "cuda":
         lines += goals(results, codec)
     if codec:

@@ -30,6 +30,9 @@ def test_bench_writes_every_section(tmp_path: Path):
     assert re.search(r"first 2 frames via `decode_stream` in \d+\.\d{3} s the first time, \d+\.\d{3} s again", text)
     assert re.search(r"int8 error on this model .* relative L2 error \d+\.\d%", text)
     assert "fp8 path skipped" in done.stdout  # the CPU has no fp8 matmuls: said, not silently dropped
+    # the static step split into its halves (on a GPU: the two CUDA graphs replayed alone)
+    assert re.search(r"- fishs2 static step \(CUDA-graph code, eager\): slow AR \d+\.\d\d ms, fast AR \+ sampling "
+                     r"\d+\.\d\d ms per frame", text)
 
 
 def test_decode_step_kernel_calls_stay_few():
