@@ -176,7 +176,7 @@ def context_sweep(model: DualAR, contexts: list[int], rounds: int, modes: dict[s
     load from other processes on a shared machine disturbs all columns alike.
     """
     device = model.device
-    params = DeviceSampling.of(PARAMS, model.dtype, device)
+    params = DeviceSampling.of(PARAMS, model.config, model.dtype, device)
     decoders = {}
     with torch.inference_mode():
         for name, mode in modes.items():

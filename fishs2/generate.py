@@ -153,11 +153,11 @@ def sample_frame(
     """
     cfg = model.config
     if isinstance(params, SamplingParams):
-        params = DeviceSampling.of(params, logits.dtype, logits.device)
+        params = DeviceSampling.of(params, cfg, logits.dtype, logits.device)
     tokens = (None, None) if uniforms is None else (uniforms.tokens[:, 0], uniforms.tokens[:, 1])
     ranked = rank(logits)
-    main = sample(logits, params.temperature, params.top_p, params.top_k, generators, tokens[0], ranked)
-    alternative = sample(logits, params.ras_temperature, params.ras_top_p, params.top_k, generators, tokens[1], ranked)
+    main = sample(logits, params.temperature, params.cut, generators, tokens[0], ranked)
+    alternative = sample(logits, params.ras_temperature, params.ras_cut, generators, tokens[1], ranked)
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)
@@ -169,7 +169,7 @@ def sample_frame(
     codes = [code]
     for k in range(1, cfg.num_codebooks):
         fast_logits = fast(fast.embeddings(code)[:, None], k, state.fast_caches, state.fast_rope)
-        code = sample(fast_logits[:, -1], params.temperature, params.top_p, params.top_k, generators,
+        code = sample(fast_logits[:, -1], params.temperature, params.code_cut, generators,
                       None if uniforms is None else uniforms.codes[:, k - 1])
         codes.append(code)
     return torch.stack([main, *codes], dim=1)
@@ -235,7 +235,7 @@ class StaticDecoder:
         self.padding = torch.zeros(batch, 1, 1, capacity, dtype=torch.bool, device=device)
         self.logits = torch.full((batch, cfg.vocab_size), float("-inf"), dtype=model.dtype, device=device)
         self.hidden = torch.zeros(batch, cfg.slow.dim, dtype=model.dtype, device=device)
-        self.sampling = DeviceSampling.of(SamplingParams(), model.dtype, device, top_k_on_device=True)
+        self.sampling = DeviceSampling.of(SamplingParams(), cfg, model.dtype, device)
         self.uniforms = FrameUniforms(batch, cfg.vocab_size, cfg.num_codebooks, cfg.codebook_size, model.dtype, device)
         self.generators: list[torch.Generator] = []
         self.graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None  # (slow half, sample half)
@@ -429,7 +429,7 @@ def generate_frames(
     device = model.device
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
-    sampling = DeviceSampling.of(params, model.dtype, device)
+    sampling = DeviceSampling.of(params, model.config, model.dtype, device)
     static = static or cuda_graph
     if static:
         decoder = StaticDecoder.acquire(model, batch, length + max_frames, eos_id, mode)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import ModelConfig
 from .errors import ParameterError
 
 RAS_WINDOW = 10
@@ -46,33 +47,45 @@ def rank(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1), sorted_ids
 
 
+def clamp_temperature(value: float | torch.Tensor, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """The temperature `sample` divides by: in `dtype`, at least 1e-5."""
+    return torch.clamp(torch.as_tensor(value, dtype=dtype, device=device), min=1e-5)
+
+
+def cut_thresholds(size: int, top_p: float | torch.Tensor, top_k: int | torch.Tensor, dtype: torch.dtype,
+                   device: torch.device | str) -> torch.Tensor:
+    """`sample`'s top-p/top-k cut as one threshold per rank [size] in `dtype`: the candidate at rank i is removed
+    when its cumulative probability exceeds threshold i — +inf at rank 0 (always kept), top_p at ranks
+    1 … top_k − 1, −inf from rank top_k on (always removed). `cumulative > thresholds` is then the whole mask
+    (cumulative probabilities are finite), one comparison where the rule takes five kernels."""
+    ranks = torch.arange(size, device=device)
+    p = torch.as_tensor(top_p, dtype=dtype, device=device)
+    return torch.where(ranks == 0, float("inf"), torch.where(ranks < top_k, p, float("-inf"))).to(dtype)
+
+
 def sample(
     logits: torch.Tensor,
     temperature: float | torch.Tensor,
-    top_p: float | torch.Tensor,
-    top_k: int | torch.Tensor,
+    cut: torch.Tensor,
     generators: list[torch.Generator] | None,
     uniforms: torch.Tensor | None = None,
     ranked: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """logits [B, V] (model dtype) → token ids [B]. Consumes V uniforms from each row's generator, or reads them
-    from `uniforms` [B, V] when they were drawn beforehand (`FrameUniforms`). `ranked`: `rank(logits)`, if the
-    caller already has it.
+    """logits [B, V] (model dtype) → token ids [B]. `cut`: the top-p/top-k cut as `cut_thresholds(V, …)`.
+    Consumes V uniforms from each row's generator, or reads them from `uniforms` [B, V] when they were drawn
+    beforehand (`FrameUniforms`). `ranked`: `rank(logits)`, if the caller already has it.
 
-    `temperature` and `top_p` may be 0-dim tensors in the logits' dtype and device (see `DeviceSampling`), and
-    `top_k` a 0-dim integer tensor, which keeps the function free of host → device copies and host reads.
+    `temperature` may be a 0-dim tensor in the logits' dtype and device, already clamped (`clamp_temperature`,
+    as `DeviceSampling` holds it), which keeps the function free of host → device copies and host reads.
     """
     dtype = logits.dtype
     cumulative, sorted_ids = rank(logits) if ranked is None else ranked
-    remove = cumulative > torch.as_tensor(top_p, dtype=dtype, device=logits.device)
-    if isinstance(top_k, torch.Tensor):  # the same cut as the slice below, read from the device
-        remove |= torch.arange(remove.shape[-1], device=remove.device) >= top_k
-    else:
-        remove[:, top_k:] = True
-    remove[:, 0] = False
+    remove = cumulative > cut  # by rank; then mapped back to vocabulary order
     remove = remove.scatter(-1, sorted_ids, remove)
     logits = logits.masked_fill(remove, float("-inf"))
-    logits = logits / torch.clamp(torch.as_tensor(temperature, dtype=dtype, device=logits.device), min=1e-5)
+    if not isinstance(temperature, torch.Tensor):
+        temperature = clamp_temperature(temperature, dtype, logits.device)
+    logits = logits / temperature
     probs = torch.softmax(logits, dim=-1)
     if uniforms is None:
         uniforms = torch.stack(
@@ -106,32 +119,35 @@ class FrameUniforms:
 
 @dataclass(frozen=True)
 class DeviceSampling:
-    """`SamplingParams` with the temperatures and top-p thresholds of a frame (main token, RAS alternative) as
-    0-dim tensors on the model's device, built once per request so that sampling makes no host → device copies."""
+    """`SamplingParams` as tensors on the model's device, built once per request so that sampling makes no host →
+    device copies: the temperatures of a frame's main token and RAS alternative (0-dim, clamped) and the top-p/top-k
+    cuts (`cut_thresholds`) of the main token [vocab], the RAS alternative [vocab] and the codebooks [codebook]."""
 
-    top_k: int | torch.Tensor
     temperature: torch.Tensor
-    top_p: torch.Tensor
     ras_temperature: torch.Tensor
-    ras_top_p: torch.Tensor
+    cut: torch.Tensor
+    ras_cut: torch.Tensor
+    code_cut: torch.Tensor
 
     @classmethod
-    def of(cls, params: SamplingParams, dtype: torch.dtype, device: torch.device,
-           top_k_on_device: bool = False) -> "DeviceSampling":
-        """`top_k_on_device`: top_k as a 0-dim int64 tensor too (static decoding, where `fill_` rewrites it)."""
-        def tensor(value: float) -> torch.Tensor:
-            return torch.tensor(value, dtype=dtype, device=device)
-
-        top_k = torch.tensor(params.top_k, device=device) if top_k_on_device else params.top_k
-        return cls(top_k, tensor(params.temperature), tensor(params.top_p), tensor(RAS_TEMPERATURE),
-                   tensor(RAS_TOP_P))
+    def of(cls, params: SamplingParams, config: ModelConfig, dtype: torch.dtype,
+           device: torch.device | str) -> "DeviceSampling":
+        """For a model of `config` (its vocabulary and codebook sizes) computing in `dtype` on `device`."""
+        return cls(
+            clamp_temperature(params.temperature, dtype, device),
+            clamp_temperature(RAS_TEMPERATURE, dtype, device),
+            cut_thresholds(config.vocab_size, params.top_p, params.top_k, dtype, device),
+            cut_thresholds(config.vocab_size, RAS_TOP_P, params.top_k, dtype, device),
+            cut_thresholds(config.codebook_size, params.top_p, params.top_k, dtype, device),
+        )
 
     def fill_(self, params: SamplingParams) -> None:
-        """Write another request's settings into these tensors in place (made with `top_k_on_device`): a captured
-        CUDA graph keeps reading the same addresses."""
-        self.top_k.fill_(params.top_k)
-        self.temperature.fill_(params.temperature)
-        self.top_p.fill_(params.top_p)
+        """Write another request's settings into these tensors in place: a captured CUDA graph keeps reading the
+        same addresses."""
+        dtype, device = self.cut.dtype, self.cut.device
+        self.temperature.copy_(clamp_temperature(params.temperature, dtype, device))
+        for cut, top_p in ((self.cut, params.top_p), (self.ras_cut, RAS_TOP_P), (self.code_cut, params.top_p)):
+            cut.copy_(cut_thresholds(cut.shape[-1], top_p, params.top_k, dtype, device))
 
 
 def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:

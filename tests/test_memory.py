@@ -84,7 +84,7 @@ MEASURE = textwrap.dedent("""
 
     def request(model, prompt, capacity, frames):
         state = new_state(model, 1, capacity, eos_id=10)
-        params = DeviceSampling.of(SamplingParams(), model.dtype, model.device)
+        params = DeviceSampling.of(SamplingParams(), model.config, model.dtype, model.device)
         gens = make_generators([0], "cpu")
         logits, hidden = prefill(model, prompt, state)
         first = sample_frame(model, logits, hidden, state, params, gens, None)

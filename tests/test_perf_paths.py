@@ -90,7 +90,7 @@ def test_static_step_matches_dynamic_step(engine):
 
     def dynamic(batch, capacity):
         state = new_state(model, batch, capacity, eos)
-        device_params = DeviceSampling.of(params, model.dtype, model.device)
+        device_params = DeviceSampling.of(params, model.config, model.dtype, model.device)
 
         def start(logits, hidden, gens):
             first = sample_frame(model, logits, hidden, state, device_params, gens, None)
