@@ -403,6 +403,7 @@ def generate_frames(
     prefill_chunk: int = PREFILL_CHUNK,
     static: bool = False,
     cuda_graph: bool = False,
+    lookahead: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield frame columns [B, K+1] (int64, on the CPU) until every sequence emitted `<|im_end|>` or `max_frames`
     frames were produced. prompt: [B, K+1, T] (or [K+1, T]), or a list of [K+1, T_b] prompts of any lengths,
@@ -416,7 +417,9 @@ def generate_frames(
     (1, 2, 4, … frames) so that a stream's first audio does not wait for a whole block. Frames computed after every
     sequence stopped are dropped, and each sequence's generator is rewound to its state right after its stop frame:
     the random stream — and so whatever is generated later with the same generators — does not depend on
-    `check_every` or on which sequences share the batch.
+    `check_every` or on which sequences share the batch. With `lookahead` (default: on devices other than the
+    CPU, which run ahead of the host) the next block is queued before a block's frames are yielded, so the
+    device keeps decoding while the consumer handles them; on the CPU that would only delay each frame.
 
     `static` decodes with the model's reusable fixed-shape decoder (`StaticDecoder`); `cuda_graph` (CUDA only,
     implies `static`) replays that step as CUDA graphs, captured by the decoder's first request; the first frame's
@@ -429,6 +432,8 @@ def generate_frames(
     device = model.device
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
+    if lookahead is None:
+        lookahead = device.type != "cpu"
     sampling = DeviceSampling.of(params, model.config, model.dtype, device)
     static = static or cuda_graph
     if static:
@@ -445,7 +450,7 @@ def generate_frames(
         yield frame.cpu()
         if not static:
             decoder = FrameDecoder(model, state, sampling, generators, frame)
-        yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every)
+        yield from _decode_loop(decoder, generators, batch, max_frames, eos_id, check_every, lookahead)
     finally:
         if static:
             decoder.busy = False
@@ -453,30 +458,54 @@ def generate_frames(
 
 
 def _decode_loop(decoder: FrameDecoder | StaticDecoder, generators: list[torch.Generator], batch: int,
-                 max_frames: int, eos_id: int, check_every: int) -> Iterator[torch.Tensor]:
-    """The frames after the first: blocks of decoder calls, one host read per block (see `generate_frames`)."""
+                 max_frames: int, eos_id: int, check_every: int, lookahead: bool) -> Iterator[torch.Tensor]:
+    """The frames after the first: blocks of decoder calls, one host read per block (see `generate_frames`).
+
+    With `lookahead` (devices that run asynchronously) the next block is queued as soon as a block has been read and
+    does not end the request, before its frames go to the consumer: the device decodes while the consumer (progress,
+    live preview) works on the frames it has. The frames, and the generators' states at the end, are the same.
+    """
     finished = torch.zeros(batch, dtype=torch.bool)
     stop_states: list[torch.Tensor | None] = [None] * batch
     produced = 1
     block_size = 1  # blocks grow 1, 2, 4, … up to check_every: the first frames reach a stream without waiting
-    while produced < max_frames and not finished.all():
-        block, rng_states = [], []
-        for _ in range(min(block_size, max_frames - produced)):
-            block.append(decoder().clone())
-            rng_states.append([g.get_state() for g in generators])
-        produced += len(block)
-        block_size = min(2 * block_size, check_every)
-        for frame, states in zip(torch.stack(block).cpu(), rng_states):
+    queued = _queue(decoder, generators, min(block_size, max_frames - produced))
+    while queued:
+        produced += len(queued)
+        ready = []
+        for frame, (_, states) in zip(torch.stack([f for f, _ in queued]).cpu(), queued):
             stopped = (frame[:, 0] == eos_id) & ~finished
             for b in stopped.nonzero().flatten().tolist():
                 stop_states[b] = states[b]
             finished |= stopped
-            yield frame
+            ready.append(frame)
             if finished.all():
                 break
+        block_size = min(2 * block_size, check_every)
+        size = 0 if finished.all() else min(block_size, max_frames - produced)
+        if lookahead:
+            queued = _queue(decoder, generators, size)
+            yield from ready
+        else:
+            yield from ready
+            queued = _queue(decoder, generators, size)
     for g, rng in zip(generators, stop_states):
         if rng is not None:
             g.set_state(rng)
+
+
+def _queue(decoder: FrameDecoder | StaticDecoder, generators: list[torch.Generator],
+           size: int) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+    """`size` decoder calls → (frame on the device, the generators' states after it) per call.
+
+    A plain function with a plain loop on purpose: a closure or comprehension over `decoder` would keep it (and its
+    KV caches) alive from a traceback's frame after an out-of-memory error, where the pipeline clears the frames'
+    locals to free them."""
+    calls = []
+    for _ in range(size):
+        frame = decoder().clone()
+        calls.append((frame, [g.get_state() for g in generators]))
+    return calls
 
 
 @dataclass

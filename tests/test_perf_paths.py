@@ -324,6 +324,40 @@ def test_first_frames_are_yielded_before_a_whole_block_is_decoded(engine, monkey
     assert len(seen) == 24 and seen[-1] == 23
 
 
+def test_lookahead_queues_the_next_block_before_yielding(engine, monkeypatch):
+    """With lookahead (the default off the CPU) a block's frames reach the consumer after the next block is queued,
+    so the device decodes while the consumer works."""
+    import fishs2.generate as generate
+
+    model, tokenizer, builder = engine
+    steps = []
+    decode = generate.FrameDecoder.__call__
+    monkeypatch.setattr(generate.FrameDecoder, "__call__", lambda self: steps.append(1) or decode(self))
+    prompt = builder.build("Short blocks first.", [])
+    seen = [len(steps) for _ in generate_frames(model, prompt, SamplingParams(), 24, make_generators([1], "cpu"),
+                                                 -1, check_every=8, lookahead=True)]
+    assert seen[:9] == [0, 3, 7, 7, 15, 15, 15, 15, 23]
+    assert len(seen) == 24 and seen[-1] == 23
+
+
+@pytest.mark.parametrize("every", [1, 3, 8])
+@pytest.mark.parametrize("static", [False, True])
+def test_lookahead_changes_no_frame_and_no_generator_state(engine, every, static):
+    """Frames and the generators' final states (rewound to each sequence's stop) are those of the plain loop,
+    for a batch whose sequences stop at different frames."""
+    model, tokenizer, builder = engine
+    prompts = [builder.build("A short line.", []), builder.build("<|speaker:0|>And a longer one, padded.", [])]
+    runs = []
+    for lookahead in (False, True):
+        gens = make_generators([0, 1], "cpu")  # the sequences stop at frames 23 and 29
+        frames = list(generate_frames(model, prompts, SamplingParams(0.9, 0.9, 40), 40, gens, tokenizer.im_end_id,
+                                      check_every=every, static=static, lookahead=lookahead))
+        runs.append((torch.stack(frames), [g.get_state() for g in gens]))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+    assert runs[0][0].shape[0] < 40 and (runs[0][0][1:, :, 0] == tokenizer.im_end_id).any(dim=0).all()  # both stopped
+
+
 def test_official_baseline_preallocates_the_whole_context(engine):
     model, tokenizer, _ = engine
     assert new_state(model, 1, 50, tokenizer.im_end_id).capacity == 50
