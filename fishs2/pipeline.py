@@ -343,7 +343,7 @@ class FishS2:
         frames = generate_frames(  # a request of max(prompt_len, this prompt's length) + max_frames positions
             self.model, [prompt] * takes, SamplingParams(), max(prompt_len - prompt.shape[-1], 0) + max_frames,
             make_generators(list(range(takes)), self.device), self.tokenizer.im_end_id,
-            static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda",
+            static=cuda_graph, cuda_graph=cuda_graph and self.device.type == "cuda", lookahead=False,
         )
         try:
             for _ in zip(range(3), frames):  # the first frame (the capture comes before it) and two decode steps
