@@ -20,6 +20,7 @@ chunk to the browser (`PreviewChunk.wav_bytes()` gives a small WAV file) through
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -109,6 +110,11 @@ class LivePreview:
         self.takes = frozenset(int(t) for t in takes)
         self.left_context_frames = left_context_frames
         self._state: dict[int, _Take] = {}
+        self._stream = None  # CUDA: the side stream chunks decode on (see `_decode`)
+        device = codec.device
+        if device.type == "cuda":
+            self._stream = torch.cuda.Stream(device)
+            self._stream.wait_stream(torch.cuda.current_stream(device))  # what is queued now: e.g. loading the codec
 
     @property
     def sample_rate(self) -> int:
@@ -140,16 +146,23 @@ class LivePreview:
         raise ParameterError(f"event: expected a FrameEvent or SegmentEvent, got {type(event).__name__}.")
 
     def _chunk(self, take: int, segment: int, state: _Take, segment_done: bool) -> PreviewChunk:
-        codes = state.codes()
-        with torch.inference_mode():
-            audio = self.codec.decode_stream(
-                codes.to(self.codec.device), state.emitted, left_context_frames=self.left_context_frames
-            )
-        audio = audio[0, 0].float().cpu()
+        audio = self._decode(state.codes(), state.emitted)
         chunk = PreviewChunk(take, segment, state.emitted, audio, self.sample_rate, segment_done)
         state.emitted += int(audio.shape[-1])
         state.pending = 0
         return chunk
+
+    def _decode(self, codes: torch.Tensor, emitted: int) -> torch.Tensor:
+        """`decode_stream` of `codes` [K, n] after `emitted` samples → float32 audio [samples] on the CPU.
+
+        On CUDA it runs on a side stream that waits only for what was queued before the preview began (the codec's
+        weights), not for the decode steps queued since: generation queues the next block of frames before it hands
+        a block to the consumer (`generate_frames` lookahead), and on the main stream a chunk would wait for them."""
+        context = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
+        with context, torch.inference_mode():
+            audio = self.codec.decode_stream(codes.to(self.codec.device), emitted,
+                                             left_context_frames=self.left_context_frames)
+            return audio[0, 0].float().cpu()
 
 
 def generate_with_preview(

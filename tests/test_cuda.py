@@ -267,6 +267,23 @@ def test_warm_up_captures_before_the_first_request(tiny_checkpoint_dir, monkeypa
     assert torch.equal(warmed.codes, tts.generate(text, seed=11, max_frames=48, cuda_graph=False).codes)
 
 
+def test_live_preview_on_cuda_joins_into_the_final_audio(tiny_checkpoint_dir):
+    """Chunks decode on a side stream while generation has the next frames queued (lookahead): the codes are those of
+    a run without preview, and the chunks joined are the final audio."""
+    from fishs2 import FishS2
+    from fishs2.preview import generate_with_preview
+
+    tts = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16")
+    text = "<|speaker:0|>Previewed on the GPU. <|speaker:1|>[whisper] While the next frames are decoded."
+    chunks = []
+    results = generate_with_preview(tts, text, on_chunk=chunks.append, seed=3, every_frames=5, first_frames=1,
+                                    max_frames=40)
+    assert torch.equal(results[0].codes, tts.generate(text, seed=3, max_frames=40).codes)
+    joined = torch.cat([c.audio for c in chunks if c.take == 0])
+    final = tts.decode(results[0].codes)[0]
+    assert len(chunks) > 2 and joined.shape == final.shape and (joined - final).abs().max() <= 1e-3
+
+
 def test_compiled_blocks_in_a_cuda_graph_match_golden(parts, seed_independent_frames):
     """torch.compile'd blocks captured in the CUDA graph (the fastest path) still give the official codes."""
     model = model_on_cuda(parts).compile_blocks()
