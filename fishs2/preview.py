@@ -159,10 +159,23 @@ class LivePreview:
         weights), not for the decode steps queued since: generation queues the next block of frames before it hands
         a block to the consumer (`generate_frames` lookahead), and on the main stream a chunk would wait for them."""
         context = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with context, torch.inference_mode():
+        with context, _no_cudnn_benchmark(), torch.inference_mode():
             audio = self.codec.decode_stream(codes.to(self.codec.device), emitted,
                                              left_context_frames=self.left_context_frames)
             return audio[0, 0].float().cpu()
+
+
+@contextlib.contextmanager
+def _no_cudnn_benchmark():
+    """cuDNN's benchmark mode (ComfyUI's `--fast autotune` turns it on) times every convolution algorithm for each
+    new input length; preview chunks come in many lengths (short first chunks, line ends), so each would stall on
+    it. The heuristic choice is used for them instead, and the setting is restored after."""
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def generate_with_preview(

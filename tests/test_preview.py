@@ -132,3 +132,16 @@ def test_an_exception_in_on_chunk_stops_generation_and_the_model_stays_usable(ti
     assert torch.equal(again[0].codes, tiny_tts.generate(TEXT, seed=9, **OPTIONS).codes)
     with pytest.raises(ParameterError, match="^seed="):
         generate_with_preview(tiny_tts, TEXT, seed="x", on_chunk=lambda c: None, **OPTIONS)
+
+
+def test_chunks_decode_without_cudnn_benchmark_and_restore_it(tiny_tts, monkeypatch):
+    """Benchmark mode would time every convolution for each new chunk length; the preview turns it off while it
+    decodes and puts the caller's setting back."""
+    seen = []
+    decode_stream = tiny_tts.codec.decode_stream
+    monkeypatch.setattr(tiny_tts.codec, "decode_stream",
+                        lambda *a, **k: seen.append(torch.backends.cudnn.benchmark) or decode_stream(*a, **k))
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    preview = LivePreview(tiny_tts.codec, every_frames=2)
+    chunks = [c for e in tiny_tts.stream("Hello there.", seed=1, max_frames=6) for c in preview.feed(e)]
+    assert chunks and seen == [False] * len(chunks) and torch.backends.cudnn.benchmark is True
