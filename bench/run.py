@@ -15,6 +15,7 @@ import platform
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -387,18 +388,34 @@ def main() -> None:
     if "fp8" in schemes and not fp8_supported(device):
         print(f"fp8 path skipped: {device} has no fp8 matmuls", flush=True)
         schemes.remove("fp8")
+    failed = {}  # path → error: a path that breaks (a kernel that does not build on this GPU) leaves the others be
     for scheme in schemes:
         quantize = quantize_int8 if scheme == "int8" else quantize_fp8_model
-        quantized[scheme] = quantize(real_model(dtype, device, args.config) if args.real
-                                     else mid_model(dtype, device, args.cache, args.shape))
+        try:
+            quantized[scheme] = quantize(real_model(dtype, device, args.config) if args.real
+                                         else mid_model(dtype, device, args.cache, args.shape))
+        except Exception as error:  # noqa: BLE001 — reported in the results, with its traceback in the log
+            traceback.print_exc()
+            failed[f"fishs2 {scheme}"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            continue
         if args.compile:
             quantized[scheme].compile_blocks()
         paths[f"fishs2 {scheme}"] = (quantized[scheme], {"cuda_graph": True} if device.type == "cuda" else {})
     runs = {name: [] for name in paths}
     for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike
         for name, (m, options) in paths.items():
-            runs[name].append(decode_run(m, prompt, args.frames, args.first_audio, **options))
+            if name in failed:
+                continue
+            try:
+                runs[name].append(decode_run(m, prompt, args.frames, args.first_audio, **options))
+            except Exception as error:  # noqa: BLE001 — reported in the results, with its traceback in the log
+                traceback.print_exc()
+                failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+                continue
             print(f"{name}: {runs[name][-1]}", flush=True)
+    for name in failed.keys() & paths.keys():
+        del paths[name], runs[name]
+        quantized.pop(name.removeprefix("fishs2 "), None)
     results = {name: best_of(r) for name, r in runs.items()}
     halves = {name: step_halves(m.static_decoder) for name, (m, options) in paths.items()
               if (options.get("static") or options.get("cuda_graph")) and m.static_decoder is not None}
@@ -434,6 +451,7 @@ def main() -> None:
             f"{r['first_frame_s']:.3f} s | {first_audio} | {per_frame / 2**20:.0f} MiB | {bandwidth:.1f} GB/s "
             f"({100 * bandwidth / peak_gbs:.0f}% of peak) | {r['peak_bytes'] / 2**20:.0f} MiB "
             f"(+{r['growth_bytes'] / 2**20:.0f} MiB) |")
+    lines += [f"| {name} | failed: {error} | | | | | | | | |" for name, error in failed.items()]
     lines += ["", "Peak memory is the whole process's (it holds the model and its int8 copy); the growth is what the "
               "run itself added (KV cache, activations, the official path's expanded K/V) beyond memory the heap "
               "already held.",
