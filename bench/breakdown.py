@@ -1,8 +1,8 @@
 """Where a decode frame's GPU time goes: the real architecture (random weights) on CUDA, a few frames of the static
 step run eagerly under torch.profiler, the kernels that take the most device time, then the same step replayed as
-a CUDA graph and timed with CUDA events.
+a CUDA graph, timed with CUDA events and profiled again (the kernels inside the replays: what the decode runs).
 
-    python bench/breakdown.py [--dtype bf16] [--int8] [--context 500] [--frames 16]
+    python bench/breakdown.py [--dtype bf16] [--int8] [--compile] [--no-eager] [--context 500] [--frames 16]
 
 On a CPU (`--device cpu`, with a smaller `--config`) it profiles the eager step only. Each timed call also draws
 the frame's uniforms (11 small kernels per sequence, outside the graph), as a real decode does.
@@ -43,6 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", choices=DTYPES, default="bf16")
     parser.add_argument("--int8", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks (inside the graph)")
+    parser.add_argument("--no-eager", action="store_true", help="profile the graph replays only")
     parser.add_argument("--context", type=int, default=500, help="positions in the cache before the profiled frames")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--rows", type=int, default=25)
@@ -53,28 +55,31 @@ def main() -> None:
     model = real_model(DTYPES[args.dtype], device, args.config)
     if args.int8:
         model = quantize_int8(model)
+    if args.compile:
+        model.compile_blocks()
     capacity = args.context + 4 * args.frames + 64
     weights = weight_bytes_per_frame(model)
 
     with torch.inference_mode():
-        eager = decoder(model, args.context, capacity, cuda_graph=False)
-        for _ in range(3):
-            eager()
-        sync(device)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
-                                    + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-            for _ in range(args.frames):
+        if not args.no_eager:
+            eager = decoder(model, args.context, capacity, cuda_graph=False)
+            for _ in range(3):
                 eager()
             sync(device)
-        print(prof.key_averages().table(sort_by="cuda_time_total" if device.type == "cuda" else "cpu_time_total", row_limit=args.rows))
-        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        kernel_us = sum(e.device_time for e in events) / args.frames
-        print(f"kernels per frame: {len(events) / args.frames:.0f}, summed kernel time per frame: "
-              f"{kernel_us / 1000:.2f} ms")
-        if device.type != "cuda":
-            return
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                        + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+                for _ in range(args.frames):
+                    eager()
+                sync(device)
+            print(prof.key_averages().table(sort_by="cuda_time_total" if device.type == "cuda" else "cpu_time_total", row_limit=args.rows))
+            events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+            kernel_us = sum(e.device_time for e in events) / args.frames
+            print(f"kernels per frame: {len(events) / args.frames:.0f}, summed kernel time per frame: "
+                  f"{kernel_us / 1000:.2f} ms")
+            if device.type != "cuda":
+                return
+            del eager
 
-        del eager
         graphed = decoder(model, args.context, capacity, cuda_graph=True)
         for _ in range(3):  # the first call captures
             graphed()
@@ -87,6 +92,14 @@ def main() -> None:
         torch.cuda.synchronize()
         ms = start.elapsed_time(end) / args.frames
         floor = weights / (3350e9) * 1000
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.frames):
+                graphed()
+            sync(device)
+        events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows))
+        print(f"graph replays: kernels per frame {len(events) / args.frames:.0f}, summed kernel time per frame "
+              f"{sum(e.device_time for e in events) / args.frames / 1000:.2f} ms")
         print(f"CUDA graph replay: {ms:.2f} ms/frame ({1000 / ms:.0f} frames/s, RTF {ms / 1000 / (2048 / 44100):.3f}); "
               f"weights read per frame {weights / 2**30:.2f} GiB → {weights * 1000 / ms / 1e9:.0f} GB/s; "
               f"floor at 3350 GB/s: {floor:.2f} ms/frame")

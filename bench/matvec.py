@@ -6,7 +6,8 @@ weights (whether it would beat cuBLAS for bf16 too), timed in the same process, 
     python bench/matvec.py [--device cuda] [--rows 1] [--rounds 50]
 
 A decode frame is memory-bound, so bytes read / time is the figure of merit: the weights, once (bf16 2 bytes per
-weight, int8 1 byte + a scale per row).
+weight, int8 1 byte + a scale per row). On CUDA each figure is a CUDA-graph replay of 10 calls, as in the decode step;
+the int8 kernel's tuned block sizes are printed after the table.
 """
 
 from __future__ import annotations
@@ -29,19 +30,34 @@ MATRICES = (("wqkv", 6144, 2560), ("wo", 2560, 4096), ("w13 (w1 + w3)", 19456, 2
             ("output head", 155776, 2560), ("output head, decode rows", 4097, 2560), ("fast codebook head", 4096, 2560))
 
 
-def timed(fn, device: torch.device, rounds: int) -> float:
-    """Median seconds per call over `rounds` calls, each a batch of 10 (so launch gaps are amortised on CUDA)."""
-    fn()
+def timed(calls: list, device: torch.device, rounds: int) -> float:
+    """Median seconds per call over `rounds` runs of `calls`, each a product with its own copy of the matrix (so the
+    L2 cache does not serve a matrix that a real step would read from memory). On CUDA the run is captured once as a
+    CUDA graph and replayed, as the decode step runs it: launched eagerly, a call of a few microseconds measures the
+    host's launch rate (Triton's launcher alone takes tens of µs), not the kernel."""
+    for call in calls:
+        call()  # autotunes (Triton) and loads kernels, outside any capture
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for call in calls:
+                call()
+        graph.replay()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     times = []
     for _ in range(rounds):
         if device.type == "cuda":
-            torch.cuda.synchronize()
+            begin.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1000 / len(calls))
+            continue
         start = time.perf_counter()
-        for _ in range(10):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / 10)
+        for call in calls:
+            call()
+        times.append((time.perf_counter() - start) / len(calls))
     return sorted(times)[len(times) // 2]
 
 
@@ -59,22 +75,32 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     gen = torch.Generator(device=device).manual_seed(0)
     for label, n, k in MATRICES:
-        weight = torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5
-        layer = Int8Linear(*quantize_rows(weight))
+        # Enough copies that they overflow the L2 cache (50 MB on an H100) several times, and at least 10 calls.
+        copies = max(10, -(-256 * 2**20 // (2 * n * k))) if device.type == "cuda" else 4
+        weights = [torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5 for _ in range(copies)]
+        layers = [Int8Linear(*quantize_rows(w)) for w in weights]
         x = torch.randn(args.rows, k, device=device, dtype=dtype, generator=gen)
         with torch.inference_mode():
-            paths = {"bf16": (lambda: F.linear(x, weight), 2 * n * k),
-                     "int8": (lambda: layer(x), n * k + 2 * n)}
+            paths = {"bf16": ([lambda w=w: F.linear(x, w) for w in weights], 2 * n * k),
+                     "int8": ([lambda q=q: q(x) for q in layers], n * k + 2 * n)}
             if device.type == "cuda":
                 from fishs2.int8_matvec import int8_matvec
 
                 ones = torch.ones(n, device=device, dtype=dtype)
-                paths["dequant"] = (lambda: dequantized_linear(x, layer.weight, layer.scales), n * k + 2 * n)
-                paths["bf16 triton"] = (lambda: int8_matvec(x, weight, ones), 2 * n * k)
-            seconds = {path: timed(fn, device, args.rounds) for path, (fn, _) in paths.items()}
+                paths["dequant"] = ([lambda q=q: dequantized_linear(x, q.weight, q.scales) for q in layers],
+                                    n * k + 2 * n)
+                paths["bf16 triton"] = ([lambda w=w: int8_matvec(x, w, ones) for w in weights], 2 * n * k)
+            seconds = {path: timed(calls, device, args.rounds) for path, (calls, _) in paths.items()}
+        del weights, layers
         cells = [f"{1e6 * seconds[p]:.1f} µs, {paths[p][1] / seconds[p] / 1e9:.0f} GB/s" if p in seconds else "—"
                  for p in ("bf16", "int8", "dequant", "bf16 triton")]
-        print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |")
+        print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |",
+              flush=True)
+    if device.type == "cuda":
+        from fishs2 import int8_matvec as kernel
+
+        for key, config in getattr(kernel._tuned, "cache", {}).items():
+            print(f"int8 kernel tuned for {key}: {config}")
 
 
 if __name__ == "__main__":

@@ -32,11 +32,14 @@ MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) g
 WEIGHT_DTYPES = (torch.int8, torch.bfloat16, torch.float16)
 
 # Each thread loads 16 or 32 bytes of weights per step (one or two vector loads in flight); the configs differ in
-# that, in rows per program (few rows → more programs for the 2560-row matrices) and in warps per program.
+# that, in rows per program (few rows → more programs for the 2560-row matrices), in warps per program, and in how
+# much of a row one step covers (a whole 2560- or 4096-wide row in one step: every load of a program is issued at
+# once, which hides the memory latency without relying on many programs per multiprocessor).
 CONFIGS = [
     triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
     for n, k, w in ((1, 1024, 2), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (16, 256, 8),  # 16 bytes per thread
-                    (1, 2048, 2), (2, 1024, 2), (4, 1024, 4), (8, 512, 4))  # 32 bytes per thread
+                    (1, 2048, 4), (2, 2048, 8), (4, 1024, 8), (1, 4096, 8),
+                    (1, 2048, 2), (2, 1024, 2), (4, 1024, 4), (8, 512, 4), (8, 1024, 8))  # 32 bytes per thread
 ]
 
 
