@@ -32,28 +32,12 @@ MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) g
 WEIGHT_DTYPES = (torch.int8, torch.bfloat16, torch.float16)
 
 # Each thread loads 16 or 32 bytes of weights per step (one or two vector loads in flight); the configs differ in
-# that, in rows per program (few rows → more programs for the 2560-row matrices), in warps per program, and in how
-# much of a row one step covers (a whole 2560- or 4096-wide row in one step: every load of a program is issued at
-# once, which hides the memory latency without relying on many programs per multiprocessor).
+# that, in rows per program (few rows → more programs for the 2560-row matrices) and in warps per program.
 CONFIGS = [
     triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
     for n, k, w in ((1, 1024, 2), (2, 1024, 4), (4, 512, 4), (8, 256, 4), (16, 256, 8),  # 16 bytes per thread
-                    (1, 2048, 4), (2, 2048, 8), (4, 1024, 8), (1, 4096, 8),
-                    (1, 2048, 2), (2, 1024, 2), (4, 1024, 4), (8, 512, 4), (8, 1024, 8))  # 32 bytes per thread
+                    (1, 2048, 2), (2, 1024, 2), (4, 1024, 4), (8, 512, 4))  # 32 bytes per thread
 ]
-
-
-@triton.jit
-def _as_float32(w):
-    """Weights → fp32. int8 by the exponent trick instead of a conversion instruction: with the sign bit flipped,
-    the byte is v + 128 ∈ [0, 255]; placed in the mantissa of 2²³ (bits 0x4B000000) it is the float 2²³ + v + 128,
-    exact, and one subtraction leaves v. A bit operation and an add run at full rate, where int8 → fp32 conversions
-    run at a quarter (Hopper), which capped the kernel at about 40% of the memory bandwidth."""
-    if w.dtype == tl.int8:
-        bits = (w.to(tl.uint8, bitcast=True).to(tl.int32) ^ 0x80) | 0x4B000000
-        return bits.to(tl.float32, bitcast=True) - 8388736.0  # 2²³ + 128
-    else:
-        return w.to(tl.float32)
 
 
 @triton.jit
@@ -73,7 +57,7 @@ def _int8_matvec_kernel(
                     other=0)
         x = tl.load(x_ptr + ms[:, None] * K + cols[None, :], mask=(ms[:, None] < M) & (cols[None, :] < K),
                     other=0.0)
-        acc += x.to(tl.float32)[:, None, :] * _as_float32(w)[None, :, :]
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
     scales = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
     y = tl.sum(acc, axis=2) * scales[None, :]
     tl.store(out_ptr + ms[:, None] * N + rows[None, :], y.to(out_ptr.dtype.element_ty),
