@@ -101,7 +101,9 @@ class FishS2:
 
         `compile=True` compiles the transformer blocks with torch.compile (`DualAR.compile_blocks`): the first
         generation waits for the compile (about 20 s for the real model on an H100, less once inductor's on-disk
-        cache holds it), then decoding runs faster on GPUs (H100, bf16: 100.7 against 77.9 frames/s).
+        cache holds it), then decoding runs faster on GPUs (H100: bf16 107.7 against 93.3 frames/s, int8 133.4
+        against 112.4 — the fastest decode measured; bench/GPU-NOTES.md). Compiled int8 has a cost not yet
+        explained: a later request's first frame took 0.84 s against bf16's 0.05 s, in both runs that measured it.
         """
         from .codec import load_codec
 
@@ -133,10 +135,11 @@ class FishS2:
                     f"fp8=True: {name} has no fp8 matmuls (they need an NVIDIA GPU of compute capability 8.9 or newer: "
                     "RTX 40xx/50xx, L4, L40, H100, H200, B200); load with int8=True for the same memory saving."
                 )
-        if compile and int8:
+        if compile and int8 and device.type != "cuda":
             raise ParameterError(
-                "compile=True with int8 weights: compiled int8 decodes slower than uncompiled int8 (H100: 12.8 against "
-                "28.4 frames/s). Compile bf16/fp16 weights for speed, or use int8 without compile for less memory."
+                f"compile=True with int8 weights on the {device.type}: inductor cannot compile the {device.type}'s int8 "
+                "matmul, and compiling does not speed up decoding off CUDA GPUs. Turn compile off, or compile bf16/"
+                "fp16 weights on a CUDA GPU."
             )
         with _out_of_memory_guard(device, f"loading {directory.name} in {dtype} on {device}",
                                   "load in a smaller dtype (bf16 or fp16 instead of fp32), free memory used by other "

@@ -629,9 +629,9 @@ ROWS: list[Row] = [
       ("not floating point", "I32"), ("download the original model",)),
     R("ckpt-bad-dtype-name", "checkpoint", "dtype='int8'", lambda c: FishS2.from_pretrained(
         c.checkpoint(), device="cpu", dtype="int8"), ParameterError, ("dtype='int8'",), ("use one of auto, bf16",)),
-    R("ckpt-int8-compile", "checkpoint", "int8=True, compile=True", lambda c: FishS2.from_pretrained(
-        c.checkpoint(), device="cpu", int8=True, compile=True), ParameterError, ("compile=True with int8",),
-      ("Compile bf16/fp16 weights",)),
+    R("ckpt-int8-compile", "checkpoint", "int8=True, compile=True on the CPU", lambda c: FishS2.from_pretrained(
+        c.checkpoint(), device="cpu", int8=True, compile=True), ParameterError, ("compile=True with int8 weights on the cpu",),
+      ("Turn compile off",)),
     R("ckpt-fp8-on-cpu", "checkpoint", "fp8=True on a device without fp8 matmuls (the CPU)",
       lambda c: FishS2.from_pretrained(c.checkpoint(), device="cpu", fp8=True), ParameterError,
       ("fp8=True", "the cpu has no fp8 matmuls"), ("compute capability 8.9", "int8=True")),

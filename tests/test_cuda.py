@@ -216,6 +216,18 @@ def test_int8_compiled_blocks_call_the_kernel(parts, monkeypatch):
     assert codes and all(c.shape[1] > 0 for c in codes)
 
 
+def test_pipeline_loads_compiled_int8_on_cuda(tiny_checkpoint_dir):
+    """int8 with compile=True is accepted on CUDA (the fastest path measured on an H100; refused on the CPU, whose
+    int8 matmul inductor cannot lower): its blocks are compiled and it generates."""
+    pytest.importorskip("triton")
+    from fishs2 import FishS2
+
+    tts = FishS2.from_pretrained(tiny_checkpoint_dir, device="cuda", dtype="bf16", int8=True, compile=True)
+    assert all(block._compiled_call_impl is not None for block in tts.model.slow.layers)
+    take = tts.generate("<|speaker:0|>Compiled int8 weights.", seed=5, max_frames=24)
+    assert take.num_frames > 0 and (take.codes >= 0).all()
+
+
 def test_pipeline_generates_and_decodes_on_cuda(tiny_checkpoint_dir):
     """FishS2 on CUDA, bf16: the graph path and the eager path give the same codes for a seed; audio has the
     codec's length and is finite; int8 loading puts no full-precision linear weight on the GPU."""

@@ -52,11 +52,11 @@ class DualAR(nn.Module):
         decode and every context length. Inductor keeps what it compiled in its on-disk cache (`cache_dir`, else
         TORCHINDUCTOR_CACHE_DIR or its default), so a later process skips most of the compile time.
 
-        Meant for GPUs with bf16/fp16 weights, where inductor fuses the small elementwise ops and the CUDA graph
-        replays the compiled kernels: 100.7 against 77.9 frames/s on an H100 (bench/GPU-NOTES.md). With int8 weights it
-        was slower there (12.8 against 28.4 frames/s) before int8 decode rows got their own kernel (a custom op that
-        inductor leaves whole; not yet measured). On the CPU decode is GEMV-bound and gains nothing (33.6 against 35.3
-        frames/s eager on the bench's mid-size model)."""
+        Meant for CUDA GPUs, where inductor fuses the small elementwise ops and the CUDA graph replays the compiled
+        kernels. H100, batch 1 (bench/GPU-NOTES.md): bf16 107.7 against 93.3 frames/s; int8 133.4 against 112.4 (its
+        decode rows are a custom op that inductor leaves whole and the Triton kernel serves). On the CPU decode is
+        GEMV-bound and gains nothing (33.6 against 35.3 frames/s eager on the bench's mid-size model), and inductor
+        cannot lower the CPU's int8 matmul (`FishS2.from_pretrained` refuses int8 + compile off CUDA)."""
         if cache_dir is not None:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir)
         for block in [*self.slow.layers, *self.fast.layers]:
