@@ -201,18 +201,24 @@ def test_int8_decode_runs_the_kernel_eagerly_and_in_the_graph(parts, monkeypatch
 
 
 def test_int8_compiled_blocks_call_the_kernel(parts, monkeypatch):
-    """Compiled int8 blocks reach the kernel through the custom op (inductor keeps it as one call) inside the graph."""
+    """Compiled int8 blocks reach the kernel through the custom op (inductor keeps it as one call) inside the graph;
+    prefill's rows go through the same op to the GEMM."""
     pytest.importorskip("triton")
     import fishs2.quantize as quantize
 
-    if quantize.decode_rows_op is None:
+    if quantize.int8_linear_op is None:
         pytest.skip("torch.library.custom_op needs PyTorch 2.4")
     kernel = quantize.cuda_matvec()
     calls = []
     monkeypatch.setattr(quantize, "cuda_matvec", lambda: lambda *args: calls.append(1) or kernel(*args))
+    gemm = []  # (rows, traced by the compiler): the op runs its Python at run time, never inside a trace
+    real_gemm = quantize.dequantized_linear
+    monkeypatch.setattr(quantize, "dequantized_linear",
+                        lambda x, w, s: gemm.append((x.shape[0], torch.compiler.is_compiling())) or real_gemm(x, w, s))
     model = quantize_int8(model_on_cuda(parts, torch.bfloat16)).compile_blocks()
     codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
     assert calls and not quantize._matvec_failure
+    assert gemm and all(rows > quantize.MAX_MATVEC_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)
 
 

@@ -90,19 +90,20 @@ def test_cpu_int8_never_imports_triton():
     assert done.stdout.split() == ["False", "False"]
 
 
-def test_decode_rows_op_for_compile(monkeypatch):
-    """Under torch.compile, int8 decode rows go through the custom op `fishs2::int8_decode_rows`: its schema, fake
-    (shape) implementation and eager result are checked here with the GEMM fallback standing in for the kernel."""
+def test_int8_linear_op_for_compile(monkeypatch):
+    """Under torch.compile, int8 matmuls off the CPU go through the custom op `fishs2::int8_linear`, decode rows and
+    prefill rows alike: its schema, fake (shape) implementation and eager result are checked here with the GEMM
+    fallback standing in for the kernel."""
     import fishs2.quantize as quantize
 
-    if quantize.decode_rows_op is None:
+    if quantize.int8_linear_op is None:
         pytest.skip("torch.library.custom_op needs PyTorch 2.4")
     monkeypatch.setattr(quantize, "cuda_matvec", lambda: None)
     weight, scales = quantize.quantize_rows(torch.randn(24, 40, generator=torch.Generator().manual_seed(2)))
-    for rows in (1, 4):
+    for rows in (1, 4, 17, 40):
         x = torch.randn(rows, 40)
-        torch.library.opcheck(quantize.decode_rows_op, (x, weight, scales))
-        out = quantize.decode_rows_op(x, weight, scales)
+        torch.library.opcheck(quantize.int8_linear_op, (x, weight, scales))
+        out = quantize.int8_linear_op(x, weight, scales)
         assert out.shape == (rows, 24) and torch.equal(out, quantize.dequantized_linear(x, weight, scales))
 
 
@@ -156,14 +157,14 @@ def test_autotuning_builds_only_configs_that_fit_the_rows():
     assert len(tiny) == 1 and tiny[0].kwargs["BLOCK_K"] == min(c.kwargs["BLOCK_K"] for c in CONFIGS)
 
 
-def test_decode_rows_off_cuda_use_the_gemm_without_triton():
+def test_int8_linear_off_cuda_uses_the_gemm_without_triton():
     """Rows on a device that is neither the CPU kernel's nor CUDA (here the meta device stands in for MPS/XPU) take the
     dequantising GEMM and never touch Triton or the kernel's failure switch."""
     import fishs2.quantize as quantize
 
     weight, scales = quantize.quantize_rows(torch.randn(24, 40))
     x = torch.randn(2, 40)
-    out = quantize.decode_rows(x.to("meta"), weight.to("meta"), scales.to("meta"))
+    out = quantize.int8_linear(x.to("meta"), weight.to("meta"), scales.to("meta"))
     assert out.shape == (2, 24) and out.device.type == "meta"
     assert not quantize._matvec_failure
 
