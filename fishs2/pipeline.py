@@ -100,7 +100,7 @@ class FishS2:
         symlink — is refused (see `hub.resolve`); servers and the node pack pass their model folders here.
 
         `compile=True` compiles the transformer blocks with torch.compile (`DualAR.compile_blocks`): the first
-        generation waits for the compile (about 20 s for the real model on an H100, less once inductor's on-disk
+        generation waits for the compile (25–40 s for the real model on an H100 or H200, less once inductor's on-disk
         cache holds it), then decoding runs faster on GPUs (H100: bf16 107.7 against 93.3 frames/s, int8 133.4
         against 112.4 — the fastest decode measured; bench/GPU-NOTES.md). Compiled int8 has a cost not yet
         explained: a later request's first frame took 0.84 s against bf16's 0.05 s, in both runs that measured it.
@@ -294,8 +294,8 @@ class FishS2:
     ) -> Iterator[FrameEvent | SegmentEvent]:
         """Yield frames as they are produced and each finished segment; takes use seeds seed … seed+takes−1.
 
-        `cuda_graph` replays the per-frame step as a CUDA graph (default: on CUDA devices; 3.7× the eager decode
-        rate on an H100, same codes for a seed). The model keeps the graph and its caches for later requests of the
+        `cuda_graph` replays the per-frame step as CUDA graphs (default on CUDA devices: 93.3 frames/s on an H100,
+        where the eager step is launch-bound at ~21; same codes for a seed). The model keeps the graph and its caches for later requests of the
         same number of takes and a similar length (`generate.StaticDecoder`), so only the first one captures it.
         `check_every` sets how many frames run between host reads of the stop token (default 1 on the CPU, 8 on
         GPUs)."""
