@@ -7,7 +7,8 @@ This kernel reads each int8 weight once, accumulates in fp32 and applies the row
 the output dtype.
 
 Each program owns BLOCK_N output rows and walks K in BLOCK_K steps, holding the partial products of up to
-`ROWS_PER_PROGRAM` activation rows. Up to 4 rows, W is read once. More rows (takes, up to `MAX_ROWS`) get a second
+`ROWS_PER_PROGRAM` activation rows, one fp32 tile per row in the weight tile's own register layout (only the
+activation vectors are rearranged, never the weight tile: see the kernel's comment). Up to 4 rows, W is read once. More rows (takes, up to `MAX_ROWS`) get a second
 grid axis and read W once per 4 rows, which stays below the 5 bytes per weight of dequantising for a GEMM.
 Block sizes are autotuned per (rows, N, K) on the device at first use. The tuning runs outside any CUDA graph,
 during the static decoder's warm-up step. K is a compile-time constant (a model has three: 2560, 4096, 9728), which
@@ -41,27 +42,53 @@ CONFIGS = [
 
 
 @triton.jit
+def _activation_row(x_ptr, m, M, cols, K: tl.constexpr):
+    """Activation row m at columns `cols` as fp32 [1, BLOCK_K] (zeros past M or K). Loaded as a vector, so that
+    Triton moves this row (not the much larger weight tile) into the weight tile's register layout."""
+    return tl.load(x_ptr + m * K + cols, mask=(m < M) & (cols < K), other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _store_row(out_ptr, m, M, N, rows, acc, scales):
+    """Output row m: the accumulator tile [BLOCK_N, BLOCK_K] summed over K, scaled, rounded once."""
+    y = tl.sum(acc, axis=1) * scales
+    tl.store(out_ptr + m * N + rows, y.to(out_ptr.dtype.element_ty), mask=(m < M) & (rows < N))
+
+
+@triton.jit
 def _int8_matvec_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     M, N, K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # x [M, K] (any float dtype), w [N, K] int8, scales [N], out [M, N]; all contiguous.
+    # x [M, K] (any float dtype), w [N, K] int8, scales [N], out [M, N]; all contiguous. BLOCK_M is 1, 2 or 4.
     # Program (i, j): output rows i·BLOCK_N …, activation rows j·BLOCK_M …
+    # One accumulator tile per activation row, each in the register layout the weight tile is loaded in. A single
+    # [rows, N, K] product instead made Triton move every converted weight through shared memory at each step
+    # (two layout conversions per step in its IR), which held the kernel to about a third of the H200's bandwidth.
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    ms = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    m0 = tl.program_id(1) * BLOCK_M
+    acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
-                    other=0)
-        x = tl.load(x_ptr + ms[:, None] * K + cols[None, :], mask=(ms[:, None] < M) & (cols[None, :] < K),
-                    other=0.0)
-        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+                    other=0).to(tl.float32)
+        acc0 += w * _activation_row(x_ptr, m0, M, cols, K)
+        if BLOCK_M > 1:
+            acc1 += w * _activation_row(x_ptr, m0 + 1, M, cols, K)
+        if BLOCK_M > 2:
+            acc2 += w * _activation_row(x_ptr, m0 + 2, M, cols, K)
+            acc3 += w * _activation_row(x_ptr, m0 + 3, M, cols, K)
     scales = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-    y = tl.sum(acc, axis=2) * scales[None, :]
-    tl.store(out_ptr + ms[:, None] * N + rows[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=(ms[:, None] < M) & (rows[None, :] < N))
+    _store_row(out_ptr, m0, M, N, rows, acc0, scales)
+    if BLOCK_M > 1:
+        _store_row(out_ptr, m0 + 1, M, N, rows, acc1, scales)
+    if BLOCK_M > 2:
+        _store_row(out_ptr, m0 + 2, M, N, rows, acc2, scales)
+        _store_row(out_ptr, m0 + 3, M, N, rows, acc3, scales)
 
 
 def _short_bench(kernel_call, quantiles):
