@@ -9,6 +9,7 @@ next to the official formulation's measured in the same run (results: RESULTS.md
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -135,6 +136,30 @@ def decode_run(model: DualAR, prompt: torch.Tensor, frames: int, first_audio: in
     return {"first_frame_s": stamps[0] - start, "first_audio_frames_s": stamps[min(first_audio, frames) - 1] - start,
             "frames_per_s": (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), "peak_bytes": memory(device, peak=True),
             "growth_bytes": max(0, memory(device, peak=True) - before)}
+
+
+def reported(error: Exception) -> str:
+    """A failure's traceback to the log and its first line for the report."""
+    traceback.print_exc()
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+
+
+def interleaved_runs(paths: dict, rounds: int) -> tuple[dict[str, list[dict]], dict[str, str]]:
+    """Call each path's measurement (name → function returning a run's figures) once per round, the paths
+    interleaved so that load from other processes disturbs every path alike → (runs per path, error per path that
+    failed). A path that fails (a kernel that does not build on this GPU, say) is dropped; the others go on."""
+    runs, failed = {name: [] for name in paths}, {}
+    for _ in range(rounds):
+        for name, measure in paths.items():
+            if name in failed:
+                continue
+            try:
+                runs[name].append(measure())
+            except Exception as error:  # noqa: BLE001 — reported in the results, with its traceback in the log
+                failed[name] = reported(error)
+                continue
+            print(f"{name}: {runs[name][-1]}", flush=True)
+    return {name: r for name, r in runs.items() if name not in failed}, failed
 
 
 def step_halves(decoder: StaticDecoder, rounds: int = 20) -> list[float]:
@@ -395,26 +420,17 @@ def main() -> None:
             quantized[scheme] = quantize(real_model(dtype, device, args.config) if args.real
                                          else mid_model(dtype, device, args.cache, args.shape))
         except Exception as error:  # noqa: BLE001 — reported in the results, with its traceback in the log
-            traceback.print_exc()
-            failed[f"fishs2 {scheme}"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            failed[f"fishs2 {scheme}"] = reported(error)
             continue
         if args.compile:
             quantized[scheme].compile_blocks()
         paths[f"fishs2 {scheme}"] = (quantized[scheme], {"cuda_graph": True} if device.type == "cuda" else {})
-    runs = {name: [] for name in paths}
-    for _ in range(args.runs):  # interleaved, so that load from other processes disturbs every path alike
-        for name, (m, options) in paths.items():
-            if name in failed:
-                continue
-            try:
-                runs[name].append(decode_run(m, prompt, args.frames, args.first_audio, **options))
-            except Exception as error:  # noqa: BLE001 — reported in the results, with its traceback in the log
-                traceback.print_exc()
-                failed[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-                continue
-            print(f"{name}: {runs[name][-1]}", flush=True)
-    for name in failed.keys() & paths.keys():
-        del paths[name], runs[name]
+    runs, broken = interleaved_runs({name: functools.partial(decode_run, m, prompt, args.frames, args.first_audio,
+                                                             **options) for name, (m, options) in paths.items()},
+                                    args.runs)
+    failed.update(broken)
+    for name in broken:
+        del paths[name]
         quantized.pop(name.removeprefix("fishs2 "), None)
     results = {name: best_of(r) for name, r in runs.items()}
     halves = {name: step_halves(m.static_decoder) for name, (m, options) in paths.items()

@@ -62,3 +62,25 @@ def test_goal_lines_name_the_best_path_and_the_verdict():
     lines = goals({"graph": run(0.214, 0.150)}, {"first_audio_decode_again_s": 0.030})
     assert "- RTF ≤ 0.12: best path graph at 0.214, not met (1.78× the goal)." in lines
     assert any("at 0.180 s, not met (1.50× the goal)" in line for line in lines)
+
+
+def test_a_failing_path_is_reported_and_the_others_still_run(capsys):
+    """A GPU call is paid for: a path whose kernel breaks must not cost the other paths' figures."""
+    sys.path.insert(0, str(ROOT))
+    from bench.run import interleaved_runs
+
+    calls = []
+
+    def good():
+        calls.append("good")
+        return {"frames_per_s": 1.0}
+
+    def broken():
+        calls.append("broken")
+        raise RuntimeError("no kernel image is available\nsecond line")
+
+    runs, failed = interleaved_runs({"good": good, "broken": broken}, rounds=3)
+    assert runs == {"good": [{"frames_per_s": 1.0}] * 3}
+    assert failed == {"broken": "RuntimeError: no kernel image is available"}
+    assert calls == ["good", "broken", "good", "good"]  # a failed path is not retried
+    assert "Traceback" in capsys.readouterr().err
