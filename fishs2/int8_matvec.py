@@ -8,8 +8,9 @@ the output dtype.
 
 Each program owns BLOCK_N output rows and walks K in BLOCK_K steps, holding the partial products of up to
 `ROWS_PER_PROGRAM` activation rows, one fp32 tile per row in the weight tile's own register layout (only the
-activation vectors are rearranged, never the weight tile: see the kernel's comment). Up to 4 rows, W is read once. More rows (takes, up to `MAX_ROWS`) get a second
-grid axis and read W once per 4 rows, which stays below the 5 bytes per weight of dequantising for a GEMM.
+activation vectors are rearranged, never the weight tile: see the kernel's comment). Up to 4 rows, W is read once.
+More rows (takes, up to `MAX_ROWS`) get a second grid axis and read W once per 4 rows, which stays below the 5 bytes
+per weight of dequantising for a GEMM.
 Block sizes are autotuned per (rows, N, K) on the device at first use. The tuning runs outside any CUDA graph,
 during the static decoder's warm-up step. K is a compile-time constant (a model has three: 2560, 4096, 9728), which
 also keeps the loop bound static for Triton's interpreter.
