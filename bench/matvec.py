@@ -1,7 +1,8 @@
 """The decode step's matrix × vector products at the real architecture's shapes, one matrix at a time: bf16
 `F.linear` (cuBLAS on CUDA) against the int8 layer (`Int8Linear`: the Triton kernel on CUDA, `_weight_int8pack_mm` on
 the CPU), the dequantising GEMM the int8 layer replaced on CUDA, and on CUDA the same Triton kernel reading the bf16
-weights (whether it would beat cuBLAS for bf16 too), timed in the same process, with the bandwidth each achieves.
+weights (what bf16 models' decode rows use since it beat cuBLAS here), timed in the same process, with the bandwidth
+each achieves.
 
     python bench/matvec.py [--device cuda] [--rows 1] [--rounds 50]
 
@@ -22,7 +23,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fishs2.quantize import Int8Linear, dequantized_linear, quantize_rows  # noqa: E402
+from fishs2.matvec import gemm  # noqa: E402
+from fishs2.quantize import Int8Linear, quantize_rows  # noqa: E402
 
 # (name, out, in) of the real architecture; a frame runs the slow ones once and the fast ones ten times (decode
 # reads the output head's rows of the 4097 ids a frame can take; the whole head is prefill's).
@@ -84,12 +86,10 @@ def main() -> None:
             paths = {"bf16": ([lambda w=w: F.linear(x, w) for w in weights], 2 * n * k),
                      "int8": ([lambda q=q: q(x) for q in layers], n * k + 2 * n)}
             if device.type == "cuda":
-                from fishs2.int8_matvec import int8_matvec
+                from fishs2.matvec_kernel import matvec
 
-                ones = torch.ones(n, device=device, dtype=dtype)
-                paths["dequant"] = ([lambda q=q: dequantized_linear(x, q.weight, q.scales) for q in layers],
-                                    n * k + 2 * n)
-                paths["bf16 triton"] = ([lambda w=w: int8_matvec(x, w, ones) for w in weights], 2 * n * k)
+                paths["dequant"] = ([lambda q=q: gemm(x, q.weight, q.scales) for q in layers], n * k + 2 * n)
+                paths["bf16 triton"] = ([lambda w=w: matvec(x, w) for w in weights], 2 * n * k)
             seconds = {path: timed(calls, device, args.rounds) for path, (calls, _) in paths.items()}
         del weights, layers
         cells = [f"{1e6 * seconds[p]:.1f} µs, {paths[p][1] / seconds[p] / 1e9:.0f} GB/s" if p in seconds else "—"
@@ -97,10 +97,10 @@ def main() -> None:
         print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |",
               flush=True)
     if device.type == "cuda":
-        from fishs2 import int8_matvec as kernel
+        from fishs2 import matvec_kernel
 
-        for key, config in getattr(kernel._tuned, "cache", {}).items():
-            print(f"int8 kernel tuned for {key}: {config}")
+        for key, config in getattr(matvec_kernel._tuned, "cache", {}).items():
+            print(f"kernel tuned for {key}: {config}")
 
 
 if __name__ == "__main__":

@@ -377,6 +377,9 @@ def main() -> None:
     dtype_name = {v: k for k, v in DTYPES.items()}[dtype]
     model = real_model(dtype, device, args.config) if args.real else mid_model(dtype, device, args.cache, args.shape)
     if args.compile:
+        # The bf16 and int8 models' blocks share their code: dynamo counts their variants together (one model makes
+        # 5), and past its default limit of 8 the second model would silently run uncompiled.
+        torch._dynamo.config.recompile_limit = 32
         model.compile_blocks()
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())

@@ -5,7 +5,7 @@ dtype.
 int8: every linear layer and the token table become int8 with one scale per output row. Decode is memory-bound, so
 halving the bytes read per frame (bf16 → int8) is what speeds it up. On the CPU the matmul runs in
 `aten._weight_int8pack_mm` (int8 weights, bf16 activations). On CUDA the decode step's few rows go through a Triton
-kernel that reads each int8 weight once (`fishs2.int8_matvec`). Everything else (prefill, or CUDA without Triton)
+kernel that reads each int8 weight once (`fishs2.matvec`). Everything else (prefill, or CUDA without Triton)
 dequantises the weight for each matmul, which only saves memory: that way an H100 decoded int8 at 28.4 frames/s
 against bf16's 77.9 (both in a CUDA graph), and compiled blocks did not fuse the two usefully (12.8 frames/s).
 Symmetric rounding to [-127, 127] keeps the error of each weight within half a step, scale / 2.
@@ -19,16 +19,11 @@ than int8's per-row steps: on the tiny golden model the slow logits move 8% (int
 
 from __future__ import annotations
 
-import functools
-import logging
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import matvec
 from .model import DualAR
-
-log = logging.getLogger(__name__)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,70 +32,6 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scales = w.abs().amax(dim=1).clamp(min=1e-12) / 127
     q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8)
     return q, scales.to(weight.dtype)
-
-
-MAX_MATVEC_ROWS = 16  # fishs2.int8_matvec.MAX_ROWS, kept here so that the CPU never imports Triton
-_matvec_failure: list[str] = []  # why the CUDA kernel was given up in this process, if it was
-
-
-@functools.cache
-def _import_matvec():
-    try:
-        from .int8_matvec import int8_matvec
-    except ImportError:  # no Triton (e.g. some Windows installs): dequantise instead
-        return None
-    except Exception as e:  # a Triton too old or too new for the kernel's definition
-        _disable_matvec(e)
-        return None
-    log.info("fishs2: int8 decode uses a Triton kernel; its first use on a machine compiles and tunes it for "
-             "each matrix shape, later runs read both from Triton's cache")
-    return int8_matvec
-
-
-def cuda_matvec():
-    """The fused int8 kernel for decode rows on CUDA (`fishs2.int8_matvec`), or None where Triton is missing or
-    could not build it on this GPU."""
-    return None if _matvec_failure else _import_matvec()
-
-
-def _disable_matvec(error: Exception) -> None:
-    _matvec_failure.append(f"{type(error).__name__}: {error}")
-    log.warning("fishs2: the int8 CUDA kernel failed (%s); int8 layers dequantise their weights instead, which is "
-                "slower", _matvec_failure[0])
-
-
-def dequantized_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x · (weight · scales[:, None])ᵀ through a GEMM on the dequantised weight (any number of rows, any device), in
-    x's dtype like the kernel's result."""
-    return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
-
-
-def int8_linear(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [rows, K] → [rows, N] off the CPU: up to MAX_MATVEC_ROWS rows (decode) through the int8 kernel on CUDA; more
-    rows (prefill), other devices (MPS, XPU …) or a GPU where the kernel is unavailable through the GEMM on the
-    dequantised weight."""
-    kernel = cuda_matvec() if x.is_cuda and x.shape[0] <= MAX_MATVEC_ROWS else None
-    if kernel is not None:
-        try:
-            return kernel(x, weight, scales)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
-            _disable_matvec(e)
-    return dequantized_linear(x, weight, scales)
-
-
-# Under torch.compile the whole int8 matmul is one opaque op, so that inductor compiles the work around it and runs
-# it as eager does: left to inductor, the dequantise-then-matmul was 2.7× slower than eager on an H100 (12.8 against
-# 28.4 frames/s, before the kernel existed). Eager calls skip the op dispatcher's overhead and call int8_linear.
-if hasattr(torch.library, "custom_op"):  # PyTorch ≥ 2.4
-    int8_linear_op = torch.library.custom_op("fishs2::int8_linear", int8_linear, mutates_args=())
-
-    @int8_linear_op.register_fake
-    def _(x, weight, scales):
-        return x.new_empty(x.shape[0], weight.shape[0])
-else:
-    int8_linear_op = None
 
 
 class Int8Linear(nn.Module):
@@ -126,10 +57,7 @@ class Int8Linear(nn.Module):
             flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
             out = torch.ops.aten._weight_int8pack_mm(flat, self.weight, self.scales.to(torch.bfloat16))
             return out.to(x.dtype).view(*x.shape[:-1], -1)
-        flat = x.reshape(-1, x.shape[-1])
-        compiled = torch.compiler.is_compiling() and int8_linear_op is not None
-        out = (int8_linear_op if compiled else int8_linear)(flat, self.weight, self.scales)
-        return out.view(*x.shape[:-1], -1)
+        return matvec.linear(x, self.weight, self.scales)
 
 
 class Int8Embedding(nn.Module):

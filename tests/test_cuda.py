@@ -164,61 +164,97 @@ def test_reduced_precision_stays_close_to_fp32(parts, variant):
 REAL_MATRICES = ((6144, 2560), (2560, 4096), (19456, 2560), (2560, 9728), (155776, 2560), (4097, 2560), (4096, 2560))
 
 
-@pytest.mark.parametrize("rows", [1, 4, 13])  # 2, 3, 7, 16 rows: tests/test_int8_matvec.py, in the interpreter
-def test_int8_kernel_at_real_shapes(rows):
-    """The Triton int8 decode kernel (autotuned here) against fp32 arithmetic on the same int8 weights and bf16 rows:
-    one rounding of the fp32 result, so within half a bf16 step."""
+@pytest.mark.parametrize("rows", [1, 4, 13])  # 2, 3, 7, 16 rows: tests/test_matvec_kernel.py, in the interpreter
+def test_matvec_kernel_at_real_shapes(rows):
+    """The Triton decode kernel (autotuned here) against fp32 arithmetic on the same weights and bf16 rows, for int8
+    weights with row scales and for bf16 weights: one rounding of the fp32 result, so within half a bf16 step."""
     pytest.importorskip("triton")
-    from fishs2.int8_matvec import int8_matvec
+    from fishs2.matvec_kernel import matvec
     from fishs2.quantize import quantize_rows
 
     gen = torch.Generator(device="cuda").manual_seed(rows)
     for n, k in REAL_MATRICES:
-        weight, scales = quantize_rows(torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16))
+        dense = torch.randn(n, k, device="cuda", generator=gen, dtype=torch.bfloat16)
+        weight, scales = quantize_rows(dense)
         x = torch.randn(rows, k, device="cuda", generator=gen, dtype=torch.bfloat16)
-        reference = (x.float() @ weight.float().T) * scales.float()
-        out = int8_matvec(x, weight, scales)
-        assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
-        floor = 1e-3 * reference.abs().max()
-        assert ((out.float() - reference).abs() / reference.abs().clamp(min=floor)).max() <= 2**-8 * 1.01, (n, k)
+        for w, s in ((weight, scales), (dense, None)):
+            reference = x.float() @ w.float().T
+            reference = reference if s is None else reference * s.float()
+            out = matvec(x, w, s)
+            assert out.dtype == torch.bfloat16 and out.shape == (rows, n)
+            floor = 1e-3 * reference.abs().max()
+            error = ((out.float() - reference).abs() / reference.abs().clamp(min=floor)).max()
+            assert error <= 2**-8 * 1.01, (n, k, w.dtype)
+
+
+def count_kernel_calls(monkeypatch) -> list:
+    """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call."""
+    from fishs2 import matvec
+
+    kernel = matvec.cuda_kernel()
+    assert kernel is not None
+    calls = []
+    monkeypatch.setattr(matvec, "cuda_kernel", lambda: lambda x, w, s: calls.append(w.dtype) or kernel(x, w, s))
+    return calls
 
 
 def test_int8_decode_runs_the_kernel_eagerly_and_in_the_graph(parts, monkeypatch):
     """An int8 model's decode rows go through the kernel, which the CUDA graph captures: eager static steps and
     graph replays give the same codes."""
     pytest.importorskip("triton")
-    import fishs2.quantize as quantize
+    from fishs2 import matvec
 
-    kernel = quantize.cuda_matvec()
-    assert kernel is not None
-    calls = []
-    monkeypatch.setattr(quantize, "cuda_matvec", lambda: lambda *args: calls.append(1) or kernel(*args))
+    calls = count_kernel_calls(monkeypatch)
     model = quantize_int8(model_on_cuda(parts, torch.bfloat16))
     eager = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=False)
-    assert calls and not quantize._matvec_failure
+    assert calls and set(calls) == {torch.int8} and not matvec._failure
     graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
 
 
-def test_int8_compiled_blocks_call_the_kernel(parts, monkeypatch):
-    """Compiled int8 blocks reach the kernel through the custom op (inductor keeps it as one call) inside the graph;
-    prefill's rows go through the same op to the GEMM."""
+def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
+    """A bf16 model's decode rows go through the kernel (every linear layer and the head rows), in eager static
+    steps and in the CUDA graph alike (same codes); prefill's rows stay with cuBLAS. fp32 models never reach the
+    kernel (their golden numerics are cuBLAS's)."""
     pytest.importorskip("triton")
-    import fishs2.quantize as quantize
+    from fishs2 import matvec
 
-    if quantize.int8_linear_op is None:
+    calls = count_kernel_calls(monkeypatch)
+    gemm_rows = []
+    real_gemm = matvec.gemm
+    monkeypatch.setattr(matvec, "gemm", lambda x, w, s: gemm_rows.append(x.shape[0]) or real_gemm(x, w, s))
+    model = model_on_cuda(parts, torch.bfloat16)
+    eager = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=False)
+    assert calls and set(calls) == {torch.bfloat16} and not matvec._failure
+    assert gemm_rows and min(gemm_rows) > matvec.MAX_ONE_PASS_ROWS  # prefill only
+    graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
+    assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
+
+    calls.clear()
+    greedy_segments(model_on_cuda(parts, torch.float32), parts, "plain", seed=3, static=True, cuda_graph=False)
+    assert not calls
+
+
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "bf16"])
+def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
+    """Compiled blocks reach the kernel through the custom op (inductor keeps it as one call) inside the graph;
+    int8 prefill rows go through the same op to the dequantising GEMM, never traced by the compiler."""
+    pytest.importorskip("triton")
+    from fishs2 import matvec
+
+    if matvec.linear_op is None:
         pytest.skip("torch.library.custom_op needs PyTorch 2.4")
-    kernel = quantize.cuda_matvec()
-    calls = []
-    monkeypatch.setattr(quantize, "cuda_matvec", lambda: lambda *args: calls.append(1) or kernel(*args))
+    calls = count_kernel_calls(monkeypatch)
     gemm = []  # (rows, traced by the compiler): the op runs its Python at run time, never inside a trace
-    real_gemm = quantize.dequantized_linear
-    monkeypatch.setattr(quantize, "dequantized_linear",
+    real_gemm = matvec.gemm
+    monkeypatch.setattr(matvec, "gemm",
                         lambda x, w, s: gemm.append((x.shape[0], torch.compiler.is_compiling())) or real_gemm(x, w, s))
-    model = quantize_int8(model_on_cuda(parts, torch.bfloat16)).compile_blocks()
+    model = model_on_cuda(parts, torch.bfloat16)
+    model = (quantize_int8(model) if int8 else model).compile_blocks()
     codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
-    assert calls and not quantize._matvec_failure
-    assert gemm and all(rows > quantize.MAX_MATVEC_ROWS and not traced for rows, traced in gemm)
+    assert calls and set(calls) == {torch.int8 if int8 else torch.bfloat16} and not matvec._failure
+    if int8:
+        assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)
 
 

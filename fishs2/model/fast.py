@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, rope_rotation
+from .layers import AttentionMode, KVCache, Linear, RMSNorm, TransformerBlock, rope_rotation
 
 # The official fast AR computes attention by hand in the activation dtype over its 10-slot cache (here with the
 # query heads grouped per key head rather than K/V copied per query head).
@@ -20,7 +20,7 @@ class FastTransformer(nn.Module):
         self.embeddings = nn.Embedding(config.codebook_size, c.dim)  # one table shared by all codebooks
         self.layers = nn.ModuleList(TransformerBlock(c, config.norm_eps) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.dim, config.norm_eps)
-        self.output = nn.Linear(c.dim, config.codebook_size, bias=False)
+        self.output = Linear(c.dim, config.codebook_size, bias=False)
 
     def forward(
         self, x: torch.Tensor, position: int, caches: list[KVCache], rope: torch.Tensor, with_logits: bool = True

@@ -14,7 +14,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import matvec
 from ..config import TransformerConfig
+
+
+def project(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, weight) without bias, except that decode rows on CUDA run the Triton matvec kernel, which beat
+    cuBLAS's GEMV at the real architecture's shapes (`fishs2.matvec`)."""
+    if not x.is_cuda:  # the CPU keeps the plain call: no dispatch per layer in its eager decode
+        return F.linear(x, weight)
+    return matvec.linear(x, weight)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (the model's have no bias) through `project`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return project(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -121,8 +137,8 @@ class Attention(nn.Module):
     def __init__(self, config: TransformerConfig, eps: float):
         super().__init__()
         self.config = config
-        self.wqkv = nn.Linear(config.dim, config.q_size + 2 * config.kv_size, bias=False)
-        self.wo = nn.Linear(config.q_size, config.dim, bias=False)
+        self.wqkv = Linear(config.dim, config.q_size + 2 * config.kv_size, bias=False)
+        self.wo = Linear(config.q_size, config.dim, bias=False)
         if config.qk_norm:
             self.q_norm = nn.RMSNorm(config.head_dim, eps=eps)
             self.k_norm = nn.RMSNorm(config.head_dim, eps=eps)
@@ -253,8 +269,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.w13 = nn.Linear(config.dim, 2 * config.intermediate_size, bias=False)
-        self.w2 = nn.Linear(config.intermediate_size, config.dim, bias=False)
+        self.w13 = Linear(config.dim, 2 * config.intermediate_size, bias=False)
+        self.w2 = Linear(config.intermediate_size, config.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)

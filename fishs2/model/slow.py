@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import AttentionMode, KVCache, RMSNorm, TransformerBlock, attention_mask, frame_scale, rope_rotation
+from .layers import (AttentionMode, KVCache, Linear, RMSNorm, TransformerBlock, attention_mask, frame_scale, project,
+                     rope_rotation)
 
 
 class SlowTransformer(nn.Module):
@@ -21,7 +21,7 @@ class SlowTransformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(c, config.norm_eps) for _ in range(c.n_layer))
         self.norm = RMSNorm(c.dim, config.norm_eps)
         # None: the output head is the token table (tied); int8 models set it to the table's int8 projection.
-        self.output = None if config.tie_word_embeddings else nn.Linear(c.dim, config.vocab_size, bias=False)
+        self.output = None if config.tie_word_embeddings else Linear(c.dim, config.vocab_size, bias=False)
 
     def embed(self, inp: torch.Tensor) -> torch.Tensor:
         """inp [B, K+1, T] → [B, T, dim]: token embedding, plus the summed codebook embeddings / √(K+1) at
@@ -40,7 +40,7 @@ class SlowTransformer(nn.Module):
         hidden = self.norm(x)
         if rows is not None:
             return rows(hidden), hidden
-        logits = F.linear(hidden, self.embeddings.weight) if self.output is None else self.output(hidden)
+        logits = project(hidden, self.embeddings.weight) if self.output is None else self.output(hidden)
         return logits, hidden
 
     def output_rows(self, ids: torch.Tensor) -> nn.Module:
@@ -88,4 +88,4 @@ class LinearRows(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return project(x, self.weight)

@@ -1,10 +1,13 @@
-"""int8 weights × the decode step's few activation rows on CUDA, in one Triton kernel: y = (x · Wᵀ) · scales.
+"""The decode step's few activation rows × a weight matrix on CUDA, in one Triton kernel: y = (x · Wᵀ) · scales,
+for int8 weights with one scale per row, or bf16/fp16 weights without scales.
 
 Decode multiplies a few activation rows (one per take) by each weight matrix, so it is bound by reading the weights.
-Dequantising W to the activation dtype first (`F.linear(x, W.to(x.dtype))`) reads int8, writes and re-reads a bf16
-copy: 5 bytes per weight instead of 1, which made int8 slower than bf16 on an H100 (28.4 against 77.9 frames/s).
-This kernel reads each int8 weight once, accumulates in fp32 and applies the row scale before the one rounding to
-the output dtype.
+For int8, dequantising W to the activation dtype first (`F.linear(x, W.to(x.dtype))`) reads int8, writes and
+re-reads a bf16 copy: 5 bytes per weight instead of 1, which made int8 slower than bf16 on an H100 (28.4 against
+77.9 frames/s). This kernel reads each weight once, accumulates in fp32 and applies the row scale before the one
+rounding to the output dtype. On bf16 weights it beat cuBLAS's GEMV on every matrix of the real architecture in
+CUDA graphs on an H100 and an H200 (1.06–1.5× on the layer matrices, bench/matvec.py), so bf16 decode rows use it
+too (`fishs2.matvec`).
 
 Each program owns BLOCK_N output rows and walks K in BLOCK_K steps, holding the partial products of up to
 `ROWS_PER_PROGRAM` activation rows, one fp32 tile per row in the weight tile's own register layout (only the
@@ -17,7 +20,7 @@ also keeps the loop bound static for Triton's interpreter.
 
 Tests: the arithmetic on the CPU through Triton's interpreter (`TRITON_INTERPRET=1`); every config compiled ahead
 of time for sm_80 and sm_90a, checked for 16-byte weight loads and no register spills; on CUDA, the real shapes
-against fp32 arithmetic, in the CUDA graph and under torch.compile (tests/test_int8_matvec.py, tests/test_cuda.py).
+against fp32 arithmetic, in the CUDA graph and under torch.compile (tests/test_matvec_kernel.py, tests/test_cuda.py).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-__all__ = ["MAX_ROWS", "int8_matvec", "launch"]
+__all__ = ["MAX_ROWS", "launch", "matvec"]
 
 ROWS_PER_PROGRAM = 4  # activation rows whose partial products one program holds in registers
 MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) go through the dequantising GEMM
@@ -50,19 +53,22 @@ def _activation_row(x_ptr, m, M, cols, K: tl.constexpr):
 
 
 @triton.jit
-def _store_row(out_ptr, m, M, N, rows, acc, scales):
-    """Output row m: the accumulator tile [BLOCK_N, BLOCK_K] summed over K, scaled, rounded once."""
-    y = tl.sum(acc, axis=1) * scales
+def _store_row(out_ptr, m, M, N, rows, acc, scales, HAS_SCALES: tl.constexpr):
+    """Output row m: the accumulator tile [BLOCK_N, BLOCK_K] summed over K, scaled (int8), rounded once."""
+    y = tl.sum(acc, axis=1)
+    if HAS_SCALES:
+        y = y * scales
     tl.store(out_ptr + m * N + rows, y.to(out_ptr.dtype.element_ty), mask=(m < M) & (rows < N))
 
 
 @triton.jit
-def _int8_matvec_kernel(
+def _matvec_kernel(
     x_ptr, w_ptr, scale_ptr, out_ptr,
     M, N, K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_SCALES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # x [M, K] (any float dtype), w [N, K] int8, scales [N], out [M, N]; all contiguous. BLOCK_M is 1, 2 or 4.
+    # x [M, K] (any float dtype), w [N, K] int8 or x's dtype, scales [N] (read only with HAS_SCALES), out [M, N]; all
+    # contiguous. BLOCK_M is 1, 2 or 4.
     # Program (i, j): output rows i·BLOCK_N …, activation rows j·BLOCK_M …
     # One accumulator tile per activation row, each in the register layout the weight tile is loaded in. A single
     # [rows, N, K] product instead made Triton move every converted weight through shared memory at each step
@@ -83,13 +89,15 @@ def _int8_matvec_kernel(
         if BLOCK_M > 2:
             acc2 += w * _activation_row(x_ptr, m0 + 2, M, cols, K)
             acc3 += w * _activation_row(x_ptr, m0 + 3, M, cols, K)
-    scales = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-    _store_row(out_ptr, m0, M, N, rows, acc0, scales)
+    scales = 1.0
+    if HAS_SCALES:
+        scales = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
+    _store_row(out_ptr, m0, M, N, rows, acc0, scales, HAS_SCALES)
     if BLOCK_M > 1:
-        _store_row(out_ptr, m0 + 1, M, N, rows, acc1, scales)
+        _store_row(out_ptr, m0 + 1, M, N, rows, acc1, scales, HAS_SCALES)
     if BLOCK_M > 2:
-        _store_row(out_ptr, m0 + 2, M, N, rows, acc2, scales)
-        _store_row(out_ptr, m0 + 3, M, N, rows, acc3, scales)
+        _store_row(out_ptr, m0 + 2, M, N, rows, acc2, scales, HAS_SCALES)
+        _store_row(out_ptr, m0 + 3, M, N, rows, acc3, scales, HAS_SCALES)
 
 
 def _short_bench(kernel_call, quantiles):
@@ -108,45 +116,54 @@ def _fitting_configs(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _fitting_configs}
 try:  # tuned configs kept on disk across processes
     _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE, do_bench=_short_bench,
-                             cache_results=True)(_int8_matvec_kernel)
+                             cache_results=True)(_matvec_kernel)
 except TypeError:  # Triton before 3.2: no do_bench / on-disk tuning cache arguments
-    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE)(_int8_matvec_kernel)
+    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE)(_matvec_kernel)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> None:
+def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None) -> None:
     if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_ROWS:
-        raise ValueError(f"int8_matvec: x must be [1…{MAX_ROWS}, K], got {list(x.shape)}")
+        raise ValueError(f"matvec: x must be [1…{MAX_ROWS}, K], got {list(x.shape)}")
     if weight.dtype not in WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"int8_matvec: weight must be int8 (or bf16/fp16 for comparisons) [N, {x.shape[1]}], got "
-                         f"{weight.dtype} {list(weight.shape)}")
-    if scales.shape != (weight.shape[0],):
-        raise ValueError(f"int8_matvec: scales must be [{weight.shape[0]}], got {list(scales.shape)}")
+        raise ValueError(f"matvec: weight must be int8, bf16 or fp16 [N, {x.shape[1]}], got {weight.dtype} "
+                         f"{list(weight.shape)}")
+    if (weight.dtype == torch.int8) != (scales is not None):
+        raise ValueError(f"matvec: int8 weights need scales and bf16/fp16 weights take none, got {weight.dtype} "
+                         f"weights with scales={None if scales is None else list(scales.shape)}")
+    if scales is not None and scales.shape != (weight.shape[0],):
+        raise ValueError(f"matvec: scales must be [{weight.shape[0]}], got {list(scales.shape)}")
 
 
 def _block_m(rows: int) -> int:
     return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor, block_n: int, block_k: int) -> torch.Tensor:
-    """The kernel with fixed block sizes (what the tests run through the interpreter) → [M, N] in x.dtype."""
+def _prepare(x, weight, scales):
     _check(x, weight, scales)
-    x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
+    x, weight = x.contiguous(), weight.contiguous()
+    scales = weight if scales is None else scales.contiguous()  # never read without HAS_SCALES
+    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    return x, weight, scales, out
+
+
+def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, block_n: int,
+           block_k: int) -> torch.Tensor:
+    """The kernel with fixed block sizes (what the tests run through the interpreter) → [M, N] in x.dtype."""
+    x, weight, scales_or_weight, out = _prepare(x, weight, scales)
     (M, K), N = x.shape, weight.shape[0]
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m = _block_m(M)
-    _int8_matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
-        x, weight, scales, out, M, N, K, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    _matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
+        x, weight, scales_or_weight, out, M, N, K, HAS_SCALES=scales is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k)
     return out
 
 
-def int8_matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x [M ≤ MAX_ROWS, K] · (weight int8 [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype; blocks autotuned.
-    bf16/fp16 weights (with unit scales) run the same kernel: bench/matvec.py times that against cuBLAS."""
-    _check(x, weight, scales)
-    x, weight, scales = x.contiguous(), weight.contiguous(), scales.contiguous()
+def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M ≤ MAX_ROWS, K] · (weight [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype, blocks autotuned per shape;
+    int8 weights with their scales [N], or weights in x's dtype (bf16/fp16) without."""
+    x, weight, scales_or_weight, out = _prepare(x, weight, scales)
     (M, K), N = x.shape, weight.shape[0]
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m = _block_m(M)
     _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))](
-        x, weight, scales, out, M, N, K, BLOCK_M=block_m)
+        x, weight, scales_or_weight, out, M, N, K, HAS_SCALES=scales is not None, BLOCK_M=block_m)
     return out

@@ -1,5 +1,6 @@
-"""The int8 CUDA decode kernel (`fishs2.int8_matvec`): its arithmetic on the CPU through Triton's interpreter, its
-input checks, and that the CPU path never imports it. The same kernel on a GPU is in tests/test_cuda.py."""
+"""The CUDA decode kernel (`fishs2.matvec_kernel`) and its dispatch (`fishs2.matvec`): the kernel's arithmetic on the
+CPU through Triton's interpreter, its input checks, which rows go to it, and that the CPU path never imports it. The
+same kernel on a GPU is in tests/test_cuda.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # than one block, 1 … 4 rows (3 pads the row block to 4), and 7 and 16 rows (two and four row blocks).
 INTERPRETED = textwrap.dedent("""
     import json, sys, torch
-    from fishs2.int8_matvec import CONFIGS, launch
+    from fishs2.matvec_kernel import CONFIGS, launch
     gen = torch.Generator().manual_seed(0)
     worst = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -31,12 +32,13 @@ INTERPRETED = textwrap.dedent("""
             w = torch.randint(-127, 128, (n, k), generator=gen, dtype=torch.int8)
             s = (torch.rand(n, generator=gen) / 127 + 1e-3).to(dtype)
             ref = (x.float() @ w.float().T) * s.float()
-            if dtype == torch.bfloat16 and m == 2:  # bf16 weights (bench/matvec.py's cuBLAS comparison)
+            if dtype == torch.bfloat16:  # bf16 weights without scales (bf16 models' decode rows)
                 fw = torch.randn(n, k, generator=gen).to(dtype)
-                out = launch(x, fw, torch.ones(n, dtype=dtype), 4, 256)
                 ref16 = x.float() @ fw.float().T
-                worst["bf16 weights"] = ((out.float() - ref16).abs()
-                                         / ref16.abs().clamp(min=1e-3 * ref16.abs().max())).max().item()
+                for config in CONFIGS[:: 4 if m < 4 else 1]:
+                    out = launch(x, fw, None, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"])
+                    err = ((out.float() - ref16).abs() / ref16.abs().clamp(min=1e-3 * ref16.abs().max())).max().item()
+                    worst["bf16 weights"] = max(worst.get("bf16 weights", 0.0), err)
             for config in CONFIGS:
                 out = launch(x, w, s, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"])
                 assert out.dtype == dtype and out.shape == (m, n), (out.dtype, out.shape)
@@ -60,19 +62,23 @@ def test_kernel_arithmetic_through_the_interpreter():
 
 
 def test_inputs_are_checked():
-    from fishs2.int8_matvec import MAX_ROWS, int8_matvec
-    from fishs2.quantize import MAX_MATVEC_ROWS
+    from fishs2 import matvec as dispatch
+    from fishs2.matvec_kernel import MAX_ROWS, ROWS_PER_PROGRAM, matvec
 
-    assert MAX_ROWS == MAX_MATVEC_ROWS
+    assert (MAX_ROWS, ROWS_PER_PROGRAM) == (dispatch.MAX_INT8_ROWS, dispatch.MAX_ONE_PASS_ROWS)
     w = torch.zeros(8, 16, dtype=torch.int8)
     with pytest.raises(ValueError, match=r"x must be \[1…16, K\]"):
-        int8_matvec(torch.zeros(17, 16), w, torch.ones(8))
-    with pytest.raises(ValueError, match="weight must be int8"):
-        int8_matvec(torch.zeros(1, 16), w.float(), torch.ones(8))  # fp32 weights: not a format the engine keeps
-    with pytest.raises(ValueError, match="weight must be int8"):
-        int8_matvec(torch.zeros(1, 15), w, torch.ones(8))
+        matvec(torch.zeros(17, 16), w, torch.ones(8))
+    with pytest.raises(ValueError, match="weight must be int8, bf16 or fp16"):
+        matvec(torch.zeros(1, 16), w.float())  # fp32 weights: their models use cuBLAS
+    with pytest.raises(ValueError, match="weight must be int8, bf16 or fp16"):
+        matvec(torch.zeros(1, 15), w, torch.ones(8))
     with pytest.raises(ValueError, match=r"scales must be \[8\]"):
-        int8_matvec(torch.zeros(1, 16), w, torch.ones(7))
+        matvec(torch.zeros(1, 16), w, torch.ones(7))
+    with pytest.raises(ValueError, match="int8 weights need scales"):
+        matvec(torch.zeros(1, 16), w)
+    with pytest.raises(ValueError, match="bf16/fp16 weights take none"):
+        matvec(torch.zeros(1, 16, dtype=torch.bfloat16), w.bfloat16(), torch.ones(8))
 
 
 def test_cpu_int8_never_imports_triton():
@@ -82,7 +88,7 @@ def test_cpu_int8_never_imports_triton():
         from fishs2.quantize import Int8Linear
         layer = Int8Linear.from_float(torch.nn.Linear(32, 8, bias=False))
         layer(torch.randn(1, 32))
-        print("triton" in sys.modules, "fishs2.int8_matvec" in sys.modules)
+        print("triton" in sys.modules, "fishs2.matvec_kernel" in sys.modules)
     """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -90,21 +96,25 @@ def test_cpu_int8_never_imports_triton():
     assert done.stdout.split() == ["False", "False"]
 
 
-def test_int8_linear_op_for_compile(monkeypatch):
-    """Under torch.compile, int8 matmuls off the CPU go through the custom op `fishs2::int8_linear`, decode rows and
-    prefill rows alike: its schema, fake (shape) implementation and eager result are checked here with the GEMM
-    fallback standing in for the kernel."""
-    import fishs2.quantize as quantize
+def test_linear_op_for_compile(monkeypatch):
+    """Under torch.compile, matmuls that may reach the kernel go through the custom op `fishs2::linear` (int8: decode
+    and prefill rows alike; bf16: decode rows): its schema, fake (shape) implementation and eager result are checked
+    here with the GEMM fallback standing in for the kernel."""
+    from fishs2 import matvec
+    from fishs2.quantize import quantize_rows
 
-    if quantize.int8_linear_op is None:
+    if matvec.linear_op is None:
         pytest.skip("torch.library.custom_op needs PyTorch 2.4")
-    monkeypatch.setattr(quantize, "cuda_matvec", lambda: None)
-    weight, scales = quantize.quantize_rows(torch.randn(24, 40, generator=torch.Generator().manual_seed(2)))
+    monkeypatch.setattr(matvec, "cuda_kernel", lambda: None)
+    weight, scales = quantize_rows(torch.randn(24, 40, generator=torch.Generator().manual_seed(2)))
+    dense = torch.randn(24, 40)
     for rows in (1, 4, 17, 40):
         x = torch.randn(rows, 40)
-        torch.library.opcheck(quantize.int8_linear_op, (x, weight, scales))
-        out = quantize.int8_linear_op(x, weight, scales)
-        assert out.shape == (rows, 24) and torch.equal(out, quantize.dequantized_linear(x, weight, scales))
+        torch.library.opcheck(matvec.linear_op, (x, weight, scales))
+        torch.library.opcheck(matvec.linear_op, (x, dense, None))
+        out = matvec.linear_op(x, weight, scales)
+        assert out.shape == (rows, 24) and torch.equal(out, (x @ weight.float().T) * scales)
+        assert torch.equal(matvec.linear_op(x, dense, None), x @ dense.T)
 
 
 def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
@@ -120,29 +130,32 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fishs2.int8_matvec import CONFIGS, _int8_matvec_kernel
+    from fishs2.matvec_kernel import CONFIGS, _matvec_kernel
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this Triton has no bundled ptxas")
     aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 5)}  # the four pointers and N
-    # every config in bf16 (the GPU default); fp16 and fp32 models (activations and scales) with one config
-    cases = [("bf16", c) for c in CONFIGS] + [(dtype, CONFIGS[0]) for dtype in ("fp16", "fp32")]
+    # int8 weights with every config in bf16 (the GPU default), fp16 and fp32 models (activations and scales) with
+    # one config; bf16 weights without scales (bf16 models' decode rows) with every config
+    cases = ([("bf16", "i8", c) for c in CONFIGS] + [(dtype, "i8", CONFIGS[0]) for dtype in ("fp16", "fp32")]
+             + [("bf16", "bf16", c) for c in CONFIGS])
     for arch in (80, 90):
-        for dtype, config in cases:
-            signature = {"x_ptr": f"*{dtype}", "w_ptr": "*i8", "scale_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
-                         "M": "i32", "N": "i32", "K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-                         "BLOCK_K": "constexpr"}
+        for dtype, weights, config in cases:
+            int8 = weights == "i8"
+            signature = {"x_ptr": f"*{dtype}", "w_ptr": f"*{weights}", "scale_ptr": f"*{dtype if int8 else weights}",
+                         "out_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "constexpr", "HAS_SCALES": "constexpr",
+                         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
             for rows in (1, 4):
-                constants = {"K": 2560, "BLOCK_M": rows, **config.kwargs}
-                source = ASTSource(fn=_int8_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
+                constants = {"K": 2560, "HAS_SCALES": int8, "BLOCK_M": rows, **config.kwargs}
+                source = ASTSource(fn=_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
                 compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                           options={"num_warps": config.num_warps})
                 ttgir = compiled.asm["ttgir"]
                 loop = ttgir[ttgir.index("scf.for"):ttgir.index("scf.yield")]
                 moved = re.findall(r"ttg\.convert_layout %\S+ : (tensor<[^,]+),", loop)
                 # only activation vectors change register layout inside the K loop, never a weight tile
-                assert all(re.fullmatch(r"tensor<\d+x[a-z]+\d*", t) for t in moved), (arch, dtype, config, moved)
+                assert all(re.fullmatch(r"tensor<\d+x[a-z]+\d*", t) for t in moved), (arch, dtype, weights, config, moved)
                 ptx = compiled.asm["ptx"]
                 assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx), (arch, dtype, config)
                 assert not re.search(r"ld\.global(\.nc)?\.b8\b", ptx), (arch, dtype, config)  # no per-byte loads
@@ -156,7 +169,7 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
 
 
 def test_autotuning_builds_only_configs_that_fit_the_rows():
-    from fishs2.int8_matvec import CONFIGS, _fitting_configs
+    from fishs2.matvec_kernel import CONFIGS, _fitting_configs
 
     assert _fitting_configs(CONFIGS, {"K": 2560}) == CONFIGS
     assert {c.kwargs["BLOCK_K"] for c in _fitting_configs(CONFIGS, {"K": 300})} == {256, 512}
@@ -164,16 +177,39 @@ def test_autotuning_builds_only_configs_that_fit_the_rows():
     assert len(tiny) == 1 and tiny[0].kwargs["BLOCK_K"] == min(c.kwargs["BLOCK_K"] for c in CONFIGS)
 
 
-def test_int8_linear_off_cuda_uses_the_gemm_without_triton():
-    """Rows on a device that is neither the CPU kernel's nor CUDA (here the meta device stands in for MPS/XPU) take the
-    dequantising GEMM and never touch Triton or the kernel's failure switch."""
-    import fishs2.quantize as quantize
+def test_linear_off_cuda_uses_the_gemm_without_triton():
+    """Rows on a device that is neither the CPU nor CUDA (here the meta device stands in for MPS/XPU) take the GEMM
+    and never touch Triton or the kernel's failure switch."""
+    from fishs2 import matvec
+    from fishs2.quantize import quantize_rows
 
-    weight, scales = quantize.quantize_rows(torch.randn(24, 40))
+    weight, scales = quantize_rows(torch.randn(24, 40))
     x = torch.randn(2, 40)
-    out = quantize.int8_linear(x.to("meta"), weight.to("meta"), scales.to("meta"))
+    out = matvec.linear(x.to("meta"), weight.to("meta"), scales.to("meta"))
     assert out.shape == (2, 24) and out.device.type == "meta"
-    assert not quantize._matvec_failure
+    assert not matvec._failure
+
+
+class _CudaRows:
+    """Stands in for rows on CUDA (a CPU tensor can not claim to be on CUDA) in the dispatch rule."""
+
+    def __init__(self, rows: int, dtype: torch.dtype):
+        self.shape, self.dtype, self.is_cuda = (rows, 40), dtype, True
+
+
+def test_kernel_takes_decode_rows_and_leaves_the_rest_to_gemms():
+    """int8 weights: up to 16 rows (the kernel reads the weights once per 4 rows, still less than dequantising for a
+    GEMM). bf16/fp16 weights: up to 4 rows, read once; more rows are a GEMM's, as are fp32 models (their golden
+    numerics stay cuBLAS's) and rows whose dtype differs from the weights'."""
+    from fishs2.matvec import kernel_takes
+
+    int8 = torch.zeros(8, 40, dtype=torch.int8)
+    bf16, fp16, fp32 = (torch.zeros(8, 40, dtype=d) for d in (torch.bfloat16, torch.float16, torch.float32))
+    assert [kernel_takes(_CudaRows(r, torch.bfloat16), int8) for r in (1, 4, 16, 17)] == [True, True, True, False]
+    assert [kernel_takes(_CudaRows(r, torch.bfloat16), bf16) for r in (1, 3, 4, 5, 16)] == [True] * 3 + [False] * 2
+    assert kernel_takes(_CudaRows(2, torch.float16), fp16) and not kernel_takes(_CudaRows(2, torch.float16), bf16)
+    assert not kernel_takes(_CudaRows(1, torch.float32), fp32)
+    assert not kernel_takes(torch.zeros(1, 40, dtype=torch.bfloat16), bf16)  # on the CPU
 
 
 def test_int8_layer_branches_off_the_cpu_keep_shapes():

@@ -1,0 +1,109 @@
+"""Which kernel multiplies activation rows by a linear layer's weight: decode rows on CUDA go through the Triton
+matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
+
+- int8 weights (`quantize.Int8Linear`), up to `MAX_INT8_ROWS` rows: the kernel reads each int8 weight once, where
+  the GEMM fallback dequantises the whole matrix first (5 bytes moved per weight instead of 1).
+- bf16/fp16 weights (`model.layers.Linear`), up to `MAX_ONE_PASS_ROWS` rows (the rows one program holds, so the
+  weights are still read once): the kernel beat cuBLAS's GEMV on every matrix of the real architecture in CUDA
+  graphs on an H100 and an H200 (bench/matvec.py). More rows (several takes, prefill) are a GEMM's job.
+- Anything else (fp32 weights, the CPU, MPS, a GPU where Triton is missing or cannot build the kernel): the GEMM.
+
+Under torch.compile these matmuls are one opaque op (`fishs2::linear`), so that inductor compiles the work around it
+and runs the matmul as eager does: left to inductor, int8's dequantise-then-matmul ran 2.7× slower than eager on an
+H100 (12.8 against 28.4 frames/s), and its prefill through the same lowering took 0.84 s for a 100-position prompt.
+This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not pay for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+MAX_INT8_ROWS = 16  # fishs2.matvec_kernel.MAX_ROWS: the most takes the nodes decode together
+MAX_ONE_PASS_ROWS = 4  # fishs2.matvec_kernel.ROWS_PER_PROGRAM: rows that read the weights once
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activation dtypes, and weight dtypes besides int8
+_failure: list[str] = []  # why the CUDA kernel was given up in this process, if it was
+
+
+@functools.cache
+def _import_kernel():
+    try:
+        from .matvec_kernel import matvec
+    except ImportError:  # no Triton (e.g. some Windows installs): GEMMs instead
+        return None
+    except Exception as e:  # a Triton too old or too new for the kernel's definition
+        _disable_kernel(e)
+        return None
+    log.info("fishs2: decode rows on CUDA use a Triton kernel; its first use on a machine compiles and tunes it for "
+             "each matrix shape, later runs read both from Triton's cache")
+    return matvec
+
+
+def cuda_kernel():
+    """The Triton matvec for decode rows on CUDA (`fishs2.matvec_kernel.matvec`), or None where Triton is missing
+    or could not build it on this GPU."""
+    return None if _failure else _import_kernel()
+
+
+def _disable_kernel(error: Exception) -> None:
+    _failure.append(f"{type(error).__name__}: {error}")
+    log.warning("fishs2: the CUDA matvec kernel failed (%s); decode rows go through GEMMs instead (int8 layers "
+                "dequantise their weights, which is slower)", _failure[0])
+
+
+def gemm(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor]) -> torch.Tensor:
+    """x · (weight · scales[:, None])ᵀ through a GEMM (int8 weights dequantised to x's dtype first), any number of
+    rows, any device, in x's dtype like the kernel's result."""
+    out = F.linear(x, weight.to(x.dtype))
+    return out if scales is None else out * scales.to(x.dtype)
+
+
+def kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether rows x [rows, K] times `weight` belong to the kernel (on CUDA, and while it works)."""
+    if not x.is_cuda or x.dtype not in KERNEL_DTYPES:
+        return False
+    if weight.dtype == torch.int8:
+        return x.shape[0] <= MAX_INT8_ROWS
+    return weight.dtype == x.dtype and x.shape[0] <= MAX_ONE_PASS_ROWS
+
+
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor]) -> torch.Tensor:
+    """x [rows, K] → [rows, N]: the kernel where `kernel_takes` says so, else `gemm`."""
+    kernel = cuda_kernel() if kernel_takes(x, weight) else None
+    if kernel is not None:
+        try:
+            return kernel(x, weight, scales)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
+            _disable_kernel(e)
+    return gemm(x, weight, scales)
+
+
+if hasattr(torch.library, "custom_op"):  # PyTorch ≥ 2.4
+    linear_op = torch.library.custom_op("fishs2::linear", rows_linear, mutates_args=())
+
+    @linear_op.register_fake
+    def _(x, weight, scales):
+        return x.new_empty(x.shape[0], weight.shape[0])
+else:
+    linear_op = None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K] · (weight [N, K] · scales[:, None])ᵀ → [..., N] off the CPU (int8 weights with their row scales,
+    or weights in x's dtype without). Compiled code calls the opaque op for every int8 matmul (prefill rows too) and
+    for the kernel's bf16/fp16 decode rows; eager calls skip the op dispatcher's overhead."""
+    flat = x.reshape(-1, x.shape[-1])
+    opaque = scales is not None or kernel_takes(flat, weight)
+    if opaque and linear_op is not None and torch.compiler.is_compiling():
+        out = linear_op(flat, weight, scales)
+    else:
+        out = rows_linear(flat, weight, scales)
+    return out.view(*x.shape[:-1], -1)
