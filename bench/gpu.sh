@@ -30,7 +30,7 @@ step() {  # step NAME TIMEOUT LOG COMMAND…: run COMMAND under TIMEOUT seconds 
     timeout "$limit" "$@" 2>&1 | tee "$OUT/$log"
 }
 
-step "CUDA tests" "${TEST_TIMEOUT:-180}" tests.log $PY -m pytest -q -rs -p no:cacheprovider \
+step "CUDA tests" "${TEST_TIMEOUT:-330}" tests.log $PY -m pytest -q -rs -p no:cacheprovider \
     tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k cuda
 
 step "matrix x vector at the real shapes, in CUDA graphs: bf16 cuBLAS, the int8 kernel (autotuned here), int8 \

@@ -10,7 +10,8 @@ matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
 
 Under torch.compile these matmuls are one opaque op (`fishs2::linear`), so that inductor compiles the work around it
 and runs the matmul as eager does: left to inductor, int8's dequantise-then-matmul ran 2.7× slower than eager on an
-H100 (12.8 against 28.4 frames/s), and its prefill through the same lowering took 0.84 s for a 100-position prompt.
+H100 (12.8 against 28.4 frames/s), and its prefill through the same lowering made a later request's first frame
+take 0.84 s (0.05–0.065 s through the op).
 This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not pay for it.
 """
 

@@ -101,9 +101,8 @@ class FishS2:
 
         `compile=True` compiles the transformer blocks with torch.compile (`DualAR.compile_blocks`): the first
         generation waits for the compile (25–40 s for the real model on an H100 or H200, less once inductor's on-disk
-        cache holds it), then decoding runs faster on GPUs (H100: bf16 107.7 against 93.3 frames/s, int8 133.4
-        against 112.4 — the fastest decode measured; bench/GPU-NOTES.md). Compiled int8 has a cost not yet
-        explained: a later request's first frame took 0.84 s against bf16's 0.05 s, in both runs that measured it.
+        cache holds it), then decoding runs faster on GPUs (H100: bf16 116.8 against 99.1 frames/s, int8 151.7
+        against 124.7 — the fastest decode measured; bench/GPU-NOTES.md).
         """
         from .codec import load_codec
 
@@ -294,7 +293,7 @@ class FishS2:
     ) -> Iterator[FrameEvent | SegmentEvent]:
         """Yield frames as they are produced and each finished segment; takes use seeds seed … seed+takes−1.
 
-        `cuda_graph` replays the per-frame step as CUDA graphs (default on CUDA devices: 93.3 frames/s on an H100,
+        `cuda_graph` replays the per-frame step as CUDA graphs (default on CUDA devices: 99.1 frames/s on an H100,
         where the eager step is launch-bound at ~21; same codes for a seed). The model keeps the graphs and their
         caches for later requests of the same number of takes and a similar length (`generate.StaticDecoder`), so
         only the first one captures them.

@@ -64,9 +64,7 @@ class FishS2LoadModel(io.ComfyNode):
                     tooltip=(
                         "Compile the model with torch.compile (CUDA GPUs; bf16, fp16 or int8 weights): the first "
                         "generation waits for the compile (25-40 s on an H100; cached on disk for later runs), then "
-                        "speech is generated 15-20% faster. int8 + compile decodes fastest, but its later requests "
-                        "took 0.8 s longer to their first frame in both measurements (bf16 + compile did not). Needs "
-                        "a working Triton."
+                        "speech is generated about 20% faster (int8 + compile decodes fastest). Needs a working Triton."
                     ),
                 ),
             ],

@@ -118,15 +118,25 @@ def test_estimate_matches_measured_peak_rss():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_estimate_matches_cuda_peak_allocation():
+    """A bf16 request's peak allocation on CUDA is the estimate's weights + KV + activations. A first short request
+    tunes the decode kernel for these shapes (`fishs2.matvec_kernel`), which holds Triton's 256 MiB timing buffer for
+    a moment, once per shape and machine (later processes read the tuned sizes from Triton's cache): that one-off is
+    not the request's memory, so the peak is taken after it. (An H100 run that tuned inside the measured request
+    peaked 256 MB above the estimate.)"""
     from fishs2.generate import generate_frames
     from fishs2.sampling import SamplingParams, make_generators
 
     config, prompt, positions = scaled_config(), 1024, 4096
-    torch.cuda.reset_peak_memory_stats()
+
+    def request(frames: int) -> None:
+        list(generate_frames(model, torch.zeros(11, prompt, dtype=torch.long), SamplingParams(), frames,
+                             make_generators([0], "cuda"), -1))
+
     start = torch.cuda.memory_allocated()
     model = DualAR(config).to("cuda", torch.bfloat16).eval()
-    list(generate_frames(model, torch.zeros(11, prompt, dtype=torch.long), SamplingParams(), positions - prompt,
-                         make_generators([0], "cuda"), -1))
+    request(2)
+    torch.cuda.reset_peak_memory_stats()
+    request(positions - prompt)
     measured = torch.cuda.max_memory_allocated() - start
     estimate = estimate_memory(config, positions, prompt=prompt, dtype=torch.bfloat16, codec_window_frames=None)
     assert abs(estimate.llm - measured) <= 0.10 * measured, (estimate.describe(), measured)
