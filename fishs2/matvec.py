@@ -79,6 +79,9 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Te
     kernel = cuda_kernel() if kernel_takes(x, weight) else None
     if kernel is not None:
         try:
+            if x.device.index != torch.cuda.current_device():  # Triton launches on the current device
+                with torch.cuda.device(x.device):
+                    return kernel(x, weight, scales)
             return kernel(x, weight, scales)
         except torch.OutOfMemoryError:
             raise

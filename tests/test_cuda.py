@@ -187,6 +187,24 @@ def test_matvec_kernel_at_real_shapes(rows):
             assert error <= 2**-8 * 1.01, (n, k, w.dtype)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_decode_rows_on_a_second_gpu():
+    """Triton launches on the current device: rows on cuda:1 while cuda:0 is current still run on cuda:1."""
+    pytest.importorskip("triton")
+    from fishs2 import matvec
+    from fishs2.quantize import quantize_rows
+
+    torch.cuda.set_device(0)
+    dense = torch.randn(4096, 2560, device="cuda:1", dtype=torch.bfloat16)
+    x = torch.randn(1, 2560, device="cuda:1", dtype=torch.bfloat16)
+    for w, s in ((dense, None), quantize_rows(dense)):
+        reference = matvec.gemm(x, w, s).float()
+        out = matvec.rows_linear(x, w, s)
+        assert out.device == x.device
+        assert ((out.float() - reference).abs() <= 2**-7 * reference.abs() + 1e-2).all()
+    assert not matvec._failure
+
+
 def count_kernel_calls(monkeypatch) -> list:
     """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call."""
     from fishs2 import matvec
