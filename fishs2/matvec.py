@@ -58,11 +58,21 @@ def _disable_kernel(error: Exception) -> None:
                 "dequantise their weights, which is slower)", _failure[0])
 
 
-def gemm(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor]) -> torch.Tensor:
-    """x · (weight · scales[:, None])ᵀ through a GEMM (int8 weights dequantised to x's dtype first), any number of
-    rows, any device, in x's dtype like the kernel's result."""
+def gemm(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor],
+         norm_weight: Optional[torch.Tensor] = None, eps: float = 0.0, swiglu: bool = False,
+         residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The kernel's arithmetic as the unfused modules run it, in PyTorch ops on any device and any number of rows:
+    `layers.RMSNorm` of x (with norm_weight), x · (weight · scales[:, None])ᵀ through a GEMM (int8 weights
+    dequantised to x's dtype first), SiLU(gate) · up of the stacked gate and up halves (swiglu), + residual."""
+    if norm_weight is not None:
+        x = F.rms_norm(x, x.shape[-1:], eps=eps) * norm_weight
     out = F.linear(x, weight.to(x.dtype))
-    return out if scales is None else out * scales.to(x.dtype)
+    if scales is not None:
+        out = out * scales.to(x.dtype)
+    if swiglu:
+        gate, up = out.chunk(2, dim=-1)
+        out = F.silu(gate) * up
+    return out if residual is None else residual + out
 
 
 def kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -74,40 +84,46 @@ def kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.dtype == x.dtype and x.shape[0] <= MAX_ONE_PASS_ROWS
 
 
-def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor]) -> torch.Tensor:
-    """x [rows, K] → [rows, N]: the kernel where `kernel_takes` says so, else `gemm`."""
+def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor],
+                norm_weight: Optional[torch.Tensor] = None, eps: float = 0.0, swiglu: bool = False,
+                residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [rows, K] → [rows, N] (N/2 with swiglu): the kernel where `kernel_takes` says so, else `gemm`."""
     kernel = cuda_kernel() if kernel_takes(x, weight) else None
     if kernel is not None:
+        options = {"norm_weight": norm_weight, "eps": eps, "swiglu": swiglu, "residual": residual}
         try:
-            if x.device.index != torch.cuda.current_device():  # Triton launches on the current device
+            if x.is_cuda and x.device.index != torch.cuda.current_device():  # Triton launches on the current one
                 with torch.cuda.device(x.device):
-                    return kernel(x, weight, scales)
-            return kernel(x, weight, scales)
+                    return kernel(x, weight, scales, **options)
+            return kernel(x, weight, scales, **options)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # a Triton that cannot build the kernel for this GPU: the GEMM still works
             _disable_kernel(e)
-    return gemm(x, weight, scales)
+    return gemm(x, weight, scales, norm_weight, eps, swiglu, residual)
 
 
 if hasattr(torch.library, "custom_op"):  # PyTorch ≥ 2.4
     linear_op = torch.library.custom_op("fishs2::linear", rows_linear, mutates_args=())
 
     @linear_op.register_fake
-    def _(x, weight, scales):
-        return x.new_empty(x.shape[0], weight.shape[0])
+    def _(x, weight, scales, norm_weight=None, eps=0.0, swiglu=False, residual=None):
+        return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
 else:
     linear_op = None
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor] = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor] = None, *,
+           norm_weight: Optional[torch.Tensor] = None, eps: float = 0.0, swiglu: bool = False,
+           residual: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [..., K] · (weight [N, K] · scales[:, None])ᵀ → [..., N] off the CPU (int8 weights with their row scales,
-    or weights in x's dtype without). Compiled code calls the opaque op for every int8 matmul (prefill rows too) and
-    for the kernel's bf16/fp16 decode rows; eager calls skip the op dispatcher's overhead."""
+    or weights in x's dtype without), with what a transformer block does around it where given (see `gemm`;
+    residual [..., N]). Compiled code calls the opaque op for every int8 matmul (prefill rows too) and for the
+    kernel's bf16/fp16 decode rows; eager calls skip the op dispatcher's overhead."""
     flat = x.reshape(-1, x.shape[-1])
+    if residual is not None:
+        residual = residual.reshape(flat.shape[0], -1)
     opaque = scales is not None or kernel_takes(flat, weight)
-    if opaque and linear_op is not None and torch.compiler.is_compiling():
-        out = linear_op(flat, weight, scales)
-    else:
-        out = rows_linear(flat, weight, scales)
+    run = linear_op if opaque and linear_op is not None and torch.compiler.is_compiling() else rows_linear
+    out = run(flat, weight, scales, norm_weight, eps, swiglu, residual)
     return out.view(*x.shape[:-1], -1)

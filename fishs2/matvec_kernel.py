@@ -46,58 +46,130 @@ CONFIGS = [
 
 
 @triton.jit
-def _activation_row(x_ptr, m, M, cols, K: tl.constexpr):
-    """Activation row m at columns `cols` as fp32 [1, BLOCK_K] (zeros past M or K). Loaded as a vector, so that
-    Triton moves this row (not the much larger weight tile) into the weight tile's register layout."""
-    return tl.load(x_ptr + m * K + cols, mask=(m < M) & (cols < K), other=0.0).to(tl.float32)[None, :]
+def _rounded(y, like_ptr):
+    """y rounded to the dtype `like_ptr` points to, back in fp32: where the unfused PyTorch code stores a tensor."""
+    return y.to(like_ptr.dtype.element_ty).to(tl.float32)
 
 
 @triton.jit
-def _store_row(out_ptr, m, M, N, rows, acc, scales, HAS_SCALES: tl.constexpr):
-    """Output row m: the accumulator tile [BLOCK_N, BLOCK_K] summed over K, scaled (int8), rounded once."""
+def _inverse_rms(x_ptr, m, M, K: tl.constexpr, eps, BLOCK_K: tl.constexpr):
+    """1 / sqrt(mean(x[m]²) + eps) in fp32 (1.0 past M): the RMSNorm factor of activation row m."""
+    squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        v = tl.load(x_ptr + m * K + cols, mask=(m < M) & (cols < K), other=0.0).to(tl.float32)
+        squares += v * v
+    return 1.0 / tl.sqrt_rn(tl.sum(squares, axis=0) / K + eps)
+
+
+@triton.jit
+def _activation_row(x_ptr, norm_ptr, m, M, cols, K: tl.constexpr, inverse_rms, NORM: tl.constexpr):
+    """Activation row m at columns `cols` as fp32 [1, BLOCK_K] (zeros past M or K); with NORM, RMS-normalised as
+    `layers.RMSNorm` does it (x · inverse_rms rounded to x's dtype, times the norm weight, rounded again). Loaded as
+    a vector, so that Triton moves this row (not the much larger weight tile) into the weight tile's layout."""
+    a = tl.load(x_ptr + m * K + cols, mask=(m < M) & (cols < K), other=0.0).to(tl.float32)
+    if NORM:
+        gain = tl.load(norm_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+        a = _rounded(_rounded(a * inverse_rms, x_ptr) * gain, x_ptr)
+    return a[None, :]
+
+
+@triton.jit
+def _accumulate(acc, up, w, u, a, SWIGLU: tl.constexpr):
+    """One K step of an activation row a [1, BLOCK_K]: into the tile of the weight rows, and of the SwiGLU up rows."""
+    acc += w * a
+    if SWIGLU:
+        up += u * a
+    return acc, up
+
+
+@triton.jit
+def _store_row(out_ptr, residual_ptr, m, M, N, rows, acc, up, scales, up_scales,
+               HAS_SCALES: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr):
+    """Output row m from its accumulator tiles [BLOCK_N, BLOCK_K], summed over K and scaled (int8), each step rounded
+    where the unfused code rounds: the projection; with SWIGLU silu(gate) and its product with up; with RESIDUAL the
+    sum with the residual row."""
     y = tl.sum(acc, axis=1)
     if HAS_SCALES:
         y = y * scales
+    if SWIGLU:
+        u = tl.sum(up, axis=1)
+        if HAS_SCALES:
+            u = u * up_scales
+        gate = _rounded(y, out_ptr)
+        y = _rounded(gate / (1.0 + tl.exp(-gate)), out_ptr) * _rounded(u, out_ptr)
+    if RESIDUAL:
+        y = tl.load(residual_ptr + m * N + rows, mask=(m < M) & (rows < N), other=0.0).to(tl.float32) + \
+            _rounded(y, out_ptr)
     tl.store(out_ptr + m * N + rows, y.to(out_ptr.dtype.element_ty), mask=(m < M) & (rows < N))
 
 
 @triton.jit
 def _matvec_kernel(
-    x_ptr, w_ptr, scale_ptr, out_ptr,
+    x_ptr, w_ptr, scale_ptr, norm_ptr, residual_ptr, out_ptr, eps,
     M, N, K: tl.constexpr,
-    HAS_SCALES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_SCALES: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # x [M, K] (any float dtype), w [N, K] int8 or x's dtype, scales [N] (read only with HAS_SCALES), out [M, N]; all
-    # contiguous. BLOCK_M is 1, 2 or 4.
-    # Program (i, j): output rows i·BLOCK_N …, activation rows j·BLOCK_M …
+    # x [M, K] (any float dtype); w [N, K] int8 or x's dtype, with SWIGLU [2N, K] (gate rows, then up rows);
+    # scales [N] or [2N] (read only with HAS_SCALES); norm weight [K] (NORM); residual [M, N] (RESIDUAL); out [M, N];
+    # all contiguous. BLOCK_M is 1, 2 or 4. Program (i, j): output rows i·BLOCK_N …, activation rows j·BLOCK_M …
     # One accumulator tile per activation row, each in the register layout the weight tile is loaded in. A single
     # [rows, N, K] product instead made Triton move every converted weight through shared memory at each step
     # (two layout conversions per step in its IR), which held the kernel to about a third of the H200's bandwidth.
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m0 = tl.program_id(1) * BLOCK_M
+    inverse_rms0 = 1.0
+    inverse_rms1 = 1.0
+    inverse_rms2 = 1.0
+    inverse_rms3 = 1.0
+    if NORM:  # the row's RMS first: the normalised row is rounded before the weights meet it
+        inverse_rms0 = _inverse_rms(x_ptr, m0, M, K, eps, BLOCK_K)
+        if BLOCK_M > 1:
+            inverse_rms1 = _inverse_rms(x_ptr, m0 + 1, M, K, eps, BLOCK_K)
+        if BLOCK_M > 2:
+            inverse_rms2 = _inverse_rms(x_ptr, m0 + 2, M, K, eps, BLOCK_K)
+            inverse_rms3 = _inverse_rms(x_ptr, m0 + 3, M, K, eps, BLOCK_K)
     acc0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    up0 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # SWIGLU only (unused tiles compile away)
+    up1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    up2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    up3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=(rows[:, None] < N) & (cols[None, :] < K),
-                    other=0).to(tl.float32)
-        acc0 += w * _activation_row(x_ptr, m0, M, cols, K)
+        mask = (rows[:, None] < N) & (cols[None, :] < K)
+        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0).to(tl.float32)
+        u = w
+        if SWIGLU:
+            u = tl.load(w_ptr + (rows[:, None] + N) * K + cols[None, :], mask=mask, other=0).to(tl.float32)
+        a = _activation_row(x_ptr, norm_ptr, m0, M, cols, K, inverse_rms0, NORM)
+        acc0, up0 = _accumulate(acc0, up0, w, u, a, SWIGLU)
         if BLOCK_M > 1:
-            acc1 += w * _activation_row(x_ptr, m0 + 1, M, cols, K)
+            a = _activation_row(x_ptr, norm_ptr, m0 + 1, M, cols, K, inverse_rms1, NORM)
+            acc1, up1 = _accumulate(acc1, up1, w, u, a, SWIGLU)
         if BLOCK_M > 2:
-            acc2 += w * _activation_row(x_ptr, m0 + 2, M, cols, K)
-            acc3 += w * _activation_row(x_ptr, m0 + 3, M, cols, K)
+            a = _activation_row(x_ptr, norm_ptr, m0 + 2, M, cols, K, inverse_rms2, NORM)
+            acc2, up2 = _accumulate(acc2, up2, w, u, a, SWIGLU)
+            a = _activation_row(x_ptr, norm_ptr, m0 + 3, M, cols, K, inverse_rms3, NORM)
+            acc3, up3 = _accumulate(acc3, up3, w, u, a, SWIGLU)
     scales = 1.0
+    up_scales = 1.0
     if HAS_SCALES:
         scales = tl.load(scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-    _store_row(out_ptr, m0, M, N, rows, acc0, scales, HAS_SCALES)
+        if SWIGLU:
+            up_scales = tl.load(scale_ptr + rows + N, mask=rows < N, other=0.0).to(tl.float32)
+    _store_row(out_ptr, residual_ptr, m0, M, N, rows, acc0, up0, scales, up_scales, HAS_SCALES, SWIGLU, RESIDUAL)
     if BLOCK_M > 1:
-        _store_row(out_ptr, m0 + 1, M, N, rows, acc1, scales, HAS_SCALES)
+        _store_row(out_ptr, residual_ptr, m0 + 1, M, N, rows, acc1, up1, scales, up_scales, HAS_SCALES, SWIGLU,
+                   RESIDUAL)
     if BLOCK_M > 2:
-        _store_row(out_ptr, m0 + 2, M, N, rows, acc2, scales, HAS_SCALES)
-        _store_row(out_ptr, m0 + 3, M, N, rows, acc3, scales, HAS_SCALES)
+        _store_row(out_ptr, residual_ptr, m0 + 2, M, N, rows, acc2, up2, scales, up_scales, HAS_SCALES, SWIGLU,
+                   RESIDUAL)
+        _store_row(out_ptr, residual_ptr, m0 + 3, M, N, rows, acc3, up3, scales, up_scales, HAS_SCALES, SWIGLU,
+                   RESIDUAL)
 
 
 def _short_bench(kernel_call, quantiles):
@@ -106,64 +178,93 @@ def _short_bench(kernel_call, quantiles):
 
 
 def _fitting_configs(configs, named_args, **kwargs):
-    """Only configs whose K block is no longer than K rounded up to a power of two (each config is a compile), or
-    the shortest one: a small model's layers need not build kernels sized for 2560-wide rows."""
+    """The configs worth building (each is a compile): K blocks no longer than K rounded up to a power of two (a small
+    model's layers need not build kernels sized for 2560-wide rows), and accumulators that fit in registers —
+    BLOCK_M rows, times two tiles with SWIGLU, of BLOCK_N · BLOCK_K / threads fp32 values: at most 128 per thread
+    (256 spilled, tests/test_matvec_kernel.py). Else the one with the shortest K block and fewest values."""
     k = triton.next_power_of_2(named_args["K"])
-    fitting = [c for c in configs if c.kwargs["BLOCK_K"] <= k]
-    return fitting or [min(configs, key=lambda c: c.kwargs["BLOCK_K"])]
+    tiles = kwargs.get("BLOCK_M", 1) * (2 if kwargs.get("SWIGLU") else 1)
+
+    def values_per_thread(c):
+        return tiles * c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_K"] // (32 * c.num_warps)
+
+    fitting = [c for c in configs if c.kwargs["BLOCK_K"] <= k and values_per_thread(c) <= 128]
+    return fitting or [min(configs, key=lambda c: (c.kwargs["BLOCK_K"], values_per_thread(c)))]
 
 
 _PRUNE = {"early_config_prune": _fitting_configs}
+TUNING_KEY = ["M", "N", "K", "NORM", "SWIGLU", "RESIDUAL"]  # Triton adds the tensors' dtypes
 try:  # tuned configs kept on disk across processes
-    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE, do_bench=_short_bench,
+    _tuned = triton.autotune(configs=CONFIGS, key=TUNING_KEY, prune_configs_by=_PRUNE, do_bench=_short_bench,
                              cache_results=True)(_matvec_kernel)
 except TypeError:  # Triton before 3.2: no do_bench / on-disk tuning cache arguments
-    _tuned = triton.autotune(configs=CONFIGS, key=["M", "N", "K"], prune_configs_by=_PRUNE)(_matvec_kernel)
+    _tuned = triton.autotune(configs=CONFIGS, key=TUNING_KEY, prune_configs_by=_PRUNE)(_matvec_kernel)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None) -> None:
+def _check(x, weight, scales, norm_weight, swiglu, residual) -> int:
+    """Raise on inputs the kernel cannot take; → the number of output columns."""
     if x.dim() != 2 or not 1 <= x.shape[0] <= MAX_ROWS:
         raise ValueError(f"matvec: x must be [1…{MAX_ROWS}, K], got {list(x.shape)}")
-    if weight.dtype not in WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"matvec: weight must be int8, bf16 or fp16 [N, {x.shape[1]}], got {weight.dtype} "
+    (M, K), N = x.shape, weight.shape[0]
+    if weight.dtype not in WEIGHT_DTYPES or weight.dim() != 2 or weight.shape[1] != K:
+        raise ValueError(f"matvec: weight must be int8, bf16 or fp16 [N, {K}], got {weight.dtype} "
                          f"{list(weight.shape)}")
     if (weight.dtype == torch.int8) != (scales is not None):
         raise ValueError(f"matvec: int8 weights need scales and bf16/fp16 weights take none, got {weight.dtype} "
                          f"weights with scales={None if scales is None else list(scales.shape)}")
-    if scales is not None and scales.shape != (weight.shape[0],):
-        raise ValueError(f"matvec: scales must be [{weight.shape[0]}], got {list(scales.shape)}")
+    if scales is not None and scales.shape != (N,):
+        raise ValueError(f"matvec: scales must be [{N}], got {list(scales.shape)}")
+    if swiglu and N % 2:
+        raise ValueError(f"matvec: swiglu needs gate and up rows stacked ([2F, K]), got {N} rows")
+    out_columns = N // 2 if swiglu else N
+    if norm_weight is not None and norm_weight.shape != (K,):
+        raise ValueError(f"matvec: norm_weight must be [{K}], got {list(norm_weight.shape)}")
+    if residual is not None and residual.shape != (M, out_columns):
+        raise ValueError(f"matvec: residual must be [{M}, {out_columns}], got {list(residual.shape)}")
+    return out_columns
 
 
 def _block_m(rows: int) -> int:
     return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
 
 
-def _prepare(x, weight, scales):
-    _check(x, weight, scales)
+def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual):
+    """The kernel's arguments (absent tensors stand in as x or weight, never read), flags and output."""
+    N = _check(x, weight, scales, norm_weight, swiglu, residual)
     x, weight = x.contiguous(), weight.contiguous()
-    scales = weight if scales is None else scales.contiguous()  # never read without HAS_SCALES
-    out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
-    return x, weight, scales, out
+    M, K = x.shape
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    args = (x, weight, weight if scales is None else scales.contiguous(),
+            x if norm_weight is None else norm_weight.contiguous(), x if residual is None else residual.contiguous(),
+            out, float(eps), M, N, K)
+    flags = {"HAS_SCALES": scales is not None, "NORM": norm_weight is not None, "SWIGLU": swiglu,
+             "RESIDUAL": residual is not None, "BLOCK_M": _block_m(M)}
+    return args, flags, out
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, block_n: int,
-           block_k: int) -> torch.Tensor:
-    """The kernel with fixed block sizes (what the tests run through the interpreter) → [M, N] in x.dtype."""
-    x, weight, scales_or_weight, out = _prepare(x, weight, scales)
-    (M, K), N = x.shape, weight.shape[0]
-    block_m = _block_m(M)
-    _matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, block_m))](
-        x, weight, scales_or_weight, out, M, N, K, HAS_SCALES=scales is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k)
+def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, block_n: int, block_k: int, *,
+           norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """`matvec` with fixed block sizes (what the tests run through the interpreter)."""
+    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual)
+    M, N = out.shape
+    _matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, flags["BLOCK_M"]))](
+        *args, **flags, BLOCK_N=block_n, BLOCK_K=block_k)
     return out
 
 
-def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None) -> torch.Tensor:
+def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None, *,
+           norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
     """x [M ≤ MAX_ROWS, K] · (weight [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype, blocks autotuned per shape;
-    int8 weights with their scales [N], or weights in x's dtype (bf16/fp16) without."""
-    x, weight, scales_or_weight, out = _prepare(x, weight, scales)
-    (M, K), N = x.shape, weight.shape[0]
-    block_m = _block_m(M)
-    _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, block_m))](
-        x, weight, scales_or_weight, out, M, N, K, HAS_SCALES=scales is not None, BLOCK_M=block_m)
+    int8 weights with their scales [N], or weights in x's dtype (bf16/fp16) without. What a transformer block does
+    around its matmuls can run inside the same call (`fishs2.matvec.gemm` is the same arithmetic in PyTorch ops):
+
+    - norm_weight [K], eps: x is RMS-normalised first (`layers.RMSNorm`);
+    - swiglu: weight stacks gate and up rows [2F, K]; the result is silu(gate) · up [M, F];
+    - residual [M, N]: added to the result.
+    """
+    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual)
+    M, N = out.shape
+    _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, flags["BLOCK_M"]))](*args, **flags)
     return out

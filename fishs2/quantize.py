@@ -50,6 +50,10 @@ class Int8Linear(nn.Module):
         """This layer restricted to output rows `ids` (copies)."""
         return Int8Linear(self.weight.index_select(0, ids), self.scales.index_select(0, ids))
 
+    def matvec_operands(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, scales) for `fishs2.matvec`."""
+        return self.weight, self.scales
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":
             # The CPU kernel is fast with bf16 activations and about 10× slower with fp32 ones, so fp32 models

@@ -187,6 +187,50 @@ def test_matvec_kernel_at_real_shapes(rows):
             assert error <= 2**-8 * 1.01, (n, k, w.dtype)
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["bf16", "int8"])
+def test_fused_kernel_calls_round_like_the_unfused_ops(int8):
+    """A fused block's four calls at the real shapes (wqkv after RMSNorm, wo + residual, w13 after RMSNorm with
+    SwiGLU, w2 + residual) against the unfused PyTorch ops around an fp32 matmul: the same roundings in the same
+    places, so outputs are bit-identical but for rare one-step differences (summation order, the GPU's exp and
+    square root)."""
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    from fishs2.matvec_kernel import matvec
+    from fishs2.quantize import quantize_rows
+
+    gen = torch.Generator(device="cuda").manual_seed(7)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, device="cuda", generator=gen) * scale).to(torch.bfloat16)
+
+    def unfused(x, w, s, norm_weight=None, eps=0.0, swiglu=False, residual=None):
+        if norm_weight is not None:
+            x = F.rms_norm(x, x.shape[-1:], eps=eps) * norm_weight
+        y = x.float() @ w.float().T
+        y = (y if s is None else y * s.float()).to(x.dtype)
+        if swiglu:
+            gate, up = y.chunk(2, dim=-1)
+            y = F.silu(gate) * up
+        return y if residual is None else residual + y
+
+    dim, ffn, qkv = 2560, 9728, 6144
+    for rows in (1, 4):
+        x, h = randn(rows, dim, scale=4), randn(rows, dim, scale=4)
+        norm = randn(dim, scale=0.2) + 1
+        calls = [(randn(qkv, dim, scale=dim**-0.5), dict(norm_weight=norm, eps=1e-6)),
+                 (randn(dim, 4096, scale=4096**-0.5), dict(residual=h)),
+                 (randn(2 * ffn, dim, scale=dim**-0.5), dict(norm_weight=norm, eps=1e-6, swiglu=True)),
+                 (randn(dim, ffn, scale=ffn**-0.5), dict(residual=h))]
+        for w, options in calls:
+            w, s = quantize_rows(w) if int8 else (w, None)
+            inputs = x if w.shape[1] == dim else randn(rows, w.shape[1])
+            expected, out = unfused(inputs, w, s, **options).float(), matvec(inputs, w, s, **options).float()
+            step = 2.0 ** (torch.floor(torch.log2(expected.abs().clamp(min=1e-6))) - 7)  # one bf16 step
+            assert (out == expected).float().mean() >= 0.98, (rows, list(options))
+            assert ((out - expected).abs() <= 2 * step + 1e-6).all(), (rows, list(options))
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_decode_rows_on_a_second_gpu():
     """Triton launches on the current device: rows on cuda:1 while cuda:0 is current still run on cuda:1."""
@@ -205,14 +249,26 @@ def test_decode_rows_on_a_second_gpu():
     assert not matvec._failure
 
 
-def count_kernel_calls(monkeypatch) -> list:
-    """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call."""
+class Calls(list):
+    fused: set
+
+
+def count_kernel_calls(monkeypatch) -> Calls:
+    """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call (`calls`) and which of
+    a fused block's options it carried (`calls.fused`)."""
     from fishs2 import matvec
 
     kernel = matvec.cuda_kernel()
     assert kernel is not None
-    calls = []
-    monkeypatch.setattr(matvec, "cuda_kernel", lambda: lambda x, w, s: calls.append(w.dtype) or kernel(x, w, s))
+    calls = Calls()
+    calls.fused = set()
+
+    def counted(x, w, s, **options):
+        calls.append(w.dtype)
+        calls.fused.update(k for k in ("norm_weight", "swiglu", "residual") if options.get(k) not in (None, False))
+        return kernel(x, w, s, **options)
+
+    monkeypatch.setattr(matvec, "cuda_kernel", lambda: counted)
     return calls
 
 
@@ -226,6 +282,7 @@ def test_int8_decode_runs_the_kernel_eagerly_and_in_the_graph(parts, monkeypatch
     model = quantize_int8(model_on_cuda(parts, torch.bfloat16))
     eager = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=False)
     assert calls and set(calls) == {torch.int8} and not matvec._failure
+    assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks
     graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
 
@@ -240,10 +297,11 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     calls = count_kernel_calls(monkeypatch)
     gemm_rows = []
     real_gemm = matvec.gemm
-    monkeypatch.setattr(matvec, "gemm", lambda x, w, s: gemm_rows.append(x.shape[0]) or real_gemm(x, w, s))
+    monkeypatch.setattr(matvec, "gemm", lambda x, *args: gemm_rows.append(x.shape[0]) or real_gemm(x, *args))
     model = model_on_cuda(parts, torch.bfloat16)
     eager = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=False)
     assert calls and set(calls) == {torch.bfloat16} and not matvec._failure
+    assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks
     assert gemm_rows and min(gemm_rows) > matvec.MAX_ONE_PASS_ROWS  # prefill only
     graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
@@ -266,11 +324,12 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
     gemm = []  # (rows, traced by the compiler): the op runs its Python at run time, never inside a trace
     real_gemm = matvec.gemm
     monkeypatch.setattr(matvec, "gemm",
-                        lambda x, w, s: gemm.append((x.shape[0], torch.compiler.is_compiling())) or real_gemm(x, w, s))
+                        lambda x, *args: gemm.append((x.shape[0], torch.compiler.is_compiling())) or real_gemm(x, *args))
     model = model_on_cuda(parts, torch.bfloat16)
     model = (quantize_int8(model) if int8 else model).compile_blocks()
     codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
     assert calls and set(calls) == {torch.int8 if int8 else torch.bfloat16} and not matvec._failure
+    assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks, through the op
     if int8:
         assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)

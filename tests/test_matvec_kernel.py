@@ -61,6 +61,48 @@ def test_kernel_arithmetic_through_the_interpreter():
     assert worst["bf16 weights"] <= 2**-7
 
 
+FUSED = textwrap.dedent("""
+    import json, torch
+    from fishs2.matvec import gemm
+    from fishs2.matvec_kernel import CONFIGS, launch
+    from fishs2.quantize import quantize_rows
+    gen = torch.Generator().manual_seed(1)
+    worst = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for m, n, k in ((1, 6, 40), (3, 37, 300), (4, 20, 260), (7, 10, 130), (16, 9, 64)):
+            x = torch.randn(m, k, generator=gen).to(dtype) * 3
+            dense = (torch.randn(2 * n, k, generator=gen) / k**0.5).to(dtype)
+            norm = (torch.rand(k, generator=gen) + 0.5).to(dtype)
+            options = {"norm": dict(norm_weight=norm, eps=1e-6), "norm swiglu": dict(norm_weight=norm, eps=1e-6, swiglu=True),
+                       "residual": dict(residual=torch.randn(m, 2 * n, generator=gen).to(dtype))}
+            weights = [quantize_rows(dense)] + ([(dense, None)] if dtype != torch.float32 else [])
+            for (w, scales) in weights:
+                for name, opts in options.items():
+                    ref = gemm(x, w, scales, **opts).float()
+                    for config in (CONFIGS[0], CONFIGS[2], CONFIGS[4]):
+                        out = launch(x, w, scales, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], **opts)
+                        assert out.shape == ref.shape and out.dtype == dtype, (name, out.shape)
+                        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+                        key = f"{dtype} {name}"
+                        worst[key] = max(worst.get(key, 0.0), err)
+    print(json.dumps(worst))
+""")
+
+
+def test_fused_options_through_the_interpreter():
+    """The kernel with the block's work around the matmul (RMSNorm before, SwiGLU or a residual add after) against
+    the same ops unfused (`matvec.gemm`), int8 and bf16 weights, 1 … 16 rows, three block shapes. fp32: summation
+    order only. bf16: within a few steps of the largest output (the interpreter truncates each of the unfused code's
+    roundings where the GPU rounds to nearest: tests/test_cuda.py checks the GPU's outputs bit for bit)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", FUSED], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    worst = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(worst) == 6
+    assert all(err < 1e-5 for key, err in worst.items() if key.startswith("torch.float32")), worst
+    assert all(err < 0.06 for key, err in worst.items() if key.startswith("torch.bfloat16")), worst
+
+
 def test_inputs_are_checked():
     from fishs2 import matvec as dispatch
     from fishs2.matvec_kernel import MAX_ROWS, ROWS_PER_PROGRAM, matvec
@@ -130,32 +172,43 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fishs2.matvec_kernel import CONFIGS, _matvec_kernel
+    from fishs2.matvec_kernel import CONFIGS, _fitting_configs, _matvec_kernel
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
         pytest.skip("this Triton has no bundled ptxas")
-    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 5)}  # the four pointers and N
+    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 8)}  # the six pointers and N
+    plain, fused_ffn = {}, {"NORM": True, "SWIGLU": True}  # w13 of a fused block: the most registers
     # int8 weights with every config in bf16 (the GPU default), fp16 and fp32 models (activations and scales) with
-    # one config; bf16 weights without scales (bf16 models' decode rows) with every config
-    cases = ([("bf16", "i8", c) for c in CONFIGS] + [(dtype, "i8", CONFIGS[0]) for dtype in ("fp16", "fp32")]
-             + [("bf16", "bf16", c) for c in CONFIGS])
+    # one config; bf16 weights without scales (bf16 models' decode rows) with every config; a fused block's calls
+    # (norm + SwiGLU for w13 with every config, the norm alone for wqkv, the residual add for wo and w2)
+    cases = ([("bf16", "i8", c, plain) for c in CONFIGS] + [(d, "i8", CONFIGS[0], plain) for d in ("fp16", "fp32")]
+             + [("bf16", "bf16", c, plain) for c in CONFIGS] + [("bf16", w, c, fused_ffn) for w in ("i8", "bf16")
+                                                                 for c in CONFIGS]
+             + [("bf16", "i8", CONFIGS[2], {"NORM": True}), ("bf16", "bf16", CONFIGS[2], {"RESIDUAL": True})])
     for arch in (80, 90):
-        for dtype, weights, config in cases:
+        for dtype, weights, config, fused in cases:
             int8 = weights == "i8"
             signature = {"x_ptr": f"*{dtype}", "w_ptr": f"*{weights}", "scale_ptr": f"*{dtype if int8 else weights}",
-                         "out_ptr": f"*{dtype}", "M": "i32", "N": "i32", "K": "constexpr", "HAS_SCALES": "constexpr",
-                         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
+                         "norm_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "eps": "fp32",
+                         "M": "i32", "N": "i32", "K": "constexpr", "HAS_SCALES": "constexpr", "NORM": "constexpr",
+                         "SWIGLU": "constexpr", "RESIDUAL": "constexpr", "BLOCK_M": "constexpr",
+                         "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
             for rows in (1, 4):
-                constants = {"K": 2560, "HAS_SCALES": int8, "BLOCK_M": rows, **config.kwargs}
+                if config not in _fitting_configs(CONFIGS, {"K": 2560}, BLOCK_M=rows, **fused):
+                    continue  # never built: its accumulators would spill
+                constants = {"K": 2560, "HAS_SCALES": int8, "NORM": False, "SWIGLU": False, "RESIDUAL": False,
+                             **fused, "BLOCK_M": rows, **config.kwargs}
                 source = ASTSource(fn=_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
                 compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
                                           options={"num_warps": config.num_warps})
                 ttgir = compiled.asm["ttgir"]
-                loop = ttgir[ttgir.index("scf.for"):ttgir.index("scf.yield")]
-                moved = re.findall(r"ttg\.convert_layout %\S+ : (tensor<[^,]+),", loop)
+                loops = [ttgir[i:ttgir.index("scf.yield", i)] for i in (m.start() for m in re.finditer("scf.for", ttgir))]
+                assert len(loops) == 1 + (rows if fused.get("NORM") else 0)  # the K loop, after each row's RMS loop
+                moved = [t for loop in loops for t in re.findall(r"ttg\.convert_layout %\S+ : (tensor<[^,]+),", loop)]
                 # only activation vectors change register layout inside the K loop, never a weight tile
-                assert all(re.fullmatch(r"tensor<\d+x[a-z]+\d*", t) for t in moved), (arch, dtype, weights, config, moved)
+                assert all(re.fullmatch(r"tensor<\d+x[a-z]+\d*", t) for t in moved), (arch, dtype, weights, config,
+                                                                                  fused, moved)
                 ptx = compiled.asm["ptx"]
                 assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx), (arch, dtype, config)
                 assert not re.search(r"ld\.global(\.nc)?\.b8\b", ptx), (arch, dtype, config)  # no per-byte loads
@@ -165,13 +218,17 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
                 report = subprocess.run([str(ptxas), "-v", f"-arch={sm}", str(ptx_file), "-o",
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
                 assert report.returncode == 0, report.stderr
-                assert "0 bytes spill stores" in report.stderr, (arch, dtype, config, report.stderr)
+                assert "0 bytes spill stores" in report.stderr, (arch, dtype, config, fused, report.stderr)
 
 
 def test_autotuning_builds_only_configs_that_fit_the_rows():
     from fishs2.matvec_kernel import CONFIGS, _fitting_configs
 
     assert _fitting_configs(CONFIGS, {"K": 2560}) == CONFIGS
+    assert _fitting_configs(CONFIGS, {"K": 2560}, BLOCK_M=4) == CONFIGS
+    # SwiGLU holds two tiles per row: four rows keep only the configs of 16 values per thread per tile
+    assert len(_fitting_configs(CONFIGS, {"K": 2560}, BLOCK_M=4, SWIGLU=True)) == 5
+    assert _fitting_configs(CONFIGS, {"K": 2560}, BLOCK_M=2, SWIGLU=True) == CONFIGS
     assert {c.kwargs["BLOCK_K"] for c in _fitting_configs(CONFIGS, {"K": 300})} == {256, 512}
     tiny = _fitting_configs(CONFIGS, {"K": 64})
     assert len(tiny) == 1 and tiny[0].kwargs["BLOCK_K"] == min(c.kwargs["BLOCK_K"] for c in CONFIGS)

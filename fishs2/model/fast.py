@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .layers import AttentionMode, KVCache, Linear, RMSNorm, TransformerBlock, rope_rotation
+from .layers import (AttentionMode, KVCache, Linear, RMSNorm, TransformerBlock, fused_linear, fuses_decode,
+                     rope_rotation)
 
 # The official fast AR computes attention by hand in the activation dtype over its 10-slot cache (here with the
 # query heads grouped per key head rather than K/V copied per query head).
@@ -34,4 +35,6 @@ class FastTransformer(nn.Module):
             x = layer(x, rotation, cache, position, FAST_ATTENTION, None)
         if not with_logits:
             return None
+        if fuses_decode(x, self.output):
+            return fused_linear(x, self.output, norm=self.norm)
         return self.output(self.norm(x))
