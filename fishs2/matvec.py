@@ -5,8 +5,13 @@ matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
   the GEMM fallback dequantises the whole matrix first (5 bytes moved per weight instead of 1).
 - bf16/fp16 weights (`model.layers.Linear`), up to `MAX_ONE_PASS_ROWS` rows (the rows one program holds, so the
   weights are still read once): the kernel beat cuBLAS's GEMV on every matrix of the real architecture in CUDA
-  graphs on an H100 and an H200 (bench/matvec.py). More rows (several takes, prefill) are a GEMM's job.
+  graphs on an H100 (1.06–1.5×; on an H200 an earlier form matched or beat it, bench/matvec.py). More rows (several
+  takes, prefill) are a GEMM's job.
 - Anything else (fp32 weights, the CPU, MPS, a GPU where Triton is missing or cannot build the kernel): the GEMM.
+
+A call can carry what a transformer block does around the matmul — the RMSNorm before it, SwiGLU or a residual add
+after it — so that a decode block is four kernel calls (`layers.TransformerBlock.fused_forward`); `gemm` runs the
+same arithmetic as the unfused modules, op for op.
 
 Under torch.compile these matmuls are one opaque op (`fishs2::linear`), so that inductor compiles the work around it
 and runs the matmul as eager does: left to inductor, int8's dequantise-then-matmul ran 2.7× slower than eager on an
