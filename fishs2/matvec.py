@@ -108,14 +108,26 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Te
     return gemm(x, weight, scales, norm_weight, eps, swiglu, residual)
 
 
-if hasattr(torch.library, "custom_op"):  # PyTorch ≥ 2.4
-    linear_op = torch.library.custom_op("fishs2::linear", rows_linear, mutates_args=())
+def _linear_op():
+    """The custom op `fishs2::linear` (PyTorch ≥ 2.4), registered once per process: a second copy of this package
+    (the engine imported again under a node pack's package name) uses the op the first copy registered rather than
+    defining it again."""
+    if not hasattr(torch.library, "custom_op"):
+        return None
+    try:
+        return torch.ops.fishs2.linear.default
+    except AttributeError:
+        pass
+    op = torch.library.custom_op("fishs2::linear", rows_linear, mutates_args=())
 
-    @linear_op.register_fake
+    @op.register_fake
     def _(x, weight, scales, norm_weight=None, eps=0.0, swiglu=False, residual=None):
         return x.new_empty(x.shape[0], weight.shape[0] // 2 if swiglu else weight.shape[0])
-else:
-    linear_op = None
+
+    return op
+
+
+linear_op = _linear_op()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Tensor] = None, *,

@@ -30,18 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def take_cpu_rows(monkeypatch) -> Counter:
     """Let the dispatch treat CPU decode rows as the kernel's (any float dtype), with no kernel: every fused call
-    then runs `matvec.gemm`. → a count of the fused options seen."""
+    then runs `matvec.gemm`. → a count of the fused options seen.
+
+    Every loaded copy of the dispatch module is patched: the node-pack tests import the engine a second time under
+    the pack's package name (the custom op `fishs2::linear` runs the copy that registered it, the first)."""
     seen = Counter()
-    monkeypatch.setattr(matvec, "kernel_takes", lambda x, weight: x.shape[0] <= matvec.MAX_ONE_PASS_ROWS)
-    monkeypatch.setattr(matvec, "cuda_kernel", lambda: None)
-    real_gemm = matvec.gemm
+    copies = [m for name, m in sys.modules.items() if name == "fishs2.matvec" or name.endswith(".fishs2.matvec")]
+    for copy in copies:
+        monkeypatch.setattr(copy, "kernel_takes", lambda x, weight: x.shape[0] <= matvec.MAX_ONE_PASS_ROWS)
+        monkeypatch.setattr(copy, "cuda_kernel", lambda: None)
 
-    def gemm(x, weight, scales, norm_weight=None, eps=0.0, swiglu=False, residual=None):
-        seen.update(["norm"] * (norm_weight is not None) + ["swiglu"] * swiglu + ["residual"] * (residual is not None)
-                    + ["call"])
-        return real_gemm(x, weight, scales, norm_weight, eps, swiglu, residual)
+        def gemm(x, weight, scales, norm_weight=None, eps=0.0, swiglu=False, residual=None, real_gemm=copy.gemm):
+            seen.update(["norm"] * (norm_weight is not None) + ["swiglu"] * swiglu
+                        + ["residual"] * (residual is not None) + ["call"])
+            return real_gemm(x, weight, scales, norm_weight, eps, swiglu, residual)
 
-    monkeypatch.setattr(matvec, "gemm", gemm)
+        monkeypatch.setattr(copy, "gemm", gemm)
     return seen
 
 
