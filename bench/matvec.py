@@ -97,10 +97,63 @@ def main() -> None:
         print(f"| {label} ({n}×{k}) | " + " | ".join(cells) + f" | {seconds['bf16'] / seconds['int8']:.2f}× |",
               flush=True)
     if device.type == "cuda":
+        fused_block_table(device, dtype, args.rows, args.rounds)
         from fishs2 import matvec_kernel
 
         for key, config in getattr(matvec_kernel._tuned, "cache", {}).items():
             print(f"kernel tuned for {key}: {config}")
+    else:
+        print("\n(the fused block calls need CUDA: skipped)")
+
+
+def fused_block_table(device: torch.device, dtype: torch.dtype, rows: int, rounds: int, dim: int = 2560,
+                      ffn: int = 9728, heads: int = 4096, qkv: int = 6144) -> None:
+    """A decode block's four matvec calls with the block's work inside them (`TransformerBlock.fused_forward`)
+    against the same kernel's plain calls followed by PyTorch's ops for that work (the unfused block), each in a
+    CUDA graph over copies that overflow L2; the last line is the sum for one block and for a frame's 76."""
+    from fishs2.matvec_kernel import matvec
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    x, h = (torch.randn(rows, dim, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    attended = torch.randn(rows, heads, device=device, dtype=dtype, generator=gen)
+    gain = torch.rand(dim, device=device, dtype=dtype, generator=gen) + 0.5
+
+    def norm(v):
+        return F.rms_norm(v, (dim,), eps=1e-6) * gain
+
+    def swiglu(v):
+        gate, up = v.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    # (label, out, in, input, unfused(kernel call) → output, fused kernel options)
+    calls = (("wqkv after RMSNorm", qkv, dim, x, lambda mm: mm(norm(x)), dict(norm_weight=gain, eps=1e-6)),
+             ("wo + residual", dim, heads, attended, lambda mm: h + mm(attended), dict(residual=h)),
+             ("w13 after RMSNorm, SwiGLU", 2 * ffn, dim, h, lambda mm: swiglu(mm(norm(h))),
+              dict(norm_weight=gain, eps=1e-6, swiglu=True)),
+             ("w2 + residual", dim, ffn, torch.randn(rows, ffn, device=device, dtype=dtype, generator=gen),
+              None, None))
+    print("\nA decode block's calls, µs per call (CUDA graphs): the kernel's plain call + PyTorch's ops for the "
+          "block's work, against one fused call")
+    print("| call | bf16 unfused | bf16 fused | int8 unfused | int8 fused |")
+    print("|---|---:|---:|---:|---:|")
+    totals = [0.0] * 4
+    for label, n, k, inputs, unfused, options in calls:
+        if unfused is None:  # w2 + residual: its input is SwiGLU's output
+            unfused, options = (lambda mm, v=inputs: h + mm(v)), dict(residual=h)
+        copies = min(64, max(10, -(-256 * 2**20 // (2 * n * k))))
+        dense = [torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5 for _ in range(copies)]
+        cells = []
+        for weights in (dense, [quantize_rows(w) for w in dense]):
+            pairs = [(w, None) if isinstance(w, torch.Tensor) else w for w in weights]
+            with torch.inference_mode():
+                plain = [lambda w=w, s=s: unfused(lambda v: matvec(v, w, s)) for w, s in pairs]
+                fused = [lambda w=w, s=s: matvec(inputs, w, s, **options) for w, s in pairs]
+                cells += [timed(plain, device, rounds), timed(fused, device, rounds)]
+        del dense
+        totals = [t + c for t, c in zip(totals, cells)]
+        print(f"| {label} | " + " | ".join(f"{1e6 * c:.1f}" for c in cells) + " |", flush=True)
+    print("| one block (76 per frame) | " + " | ".join(f"{1e6 * t:.1f} ({76e3 * t:.2f} ms/frame)" for t in totals)
+          + " |", flush=True)
 
 
 if __name__ == "__main__":
