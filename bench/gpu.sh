@@ -4,7 +4,7 @@
 # and fp8 side by side), the sampling bench, the same bench with compiled blocks, and the per-kernel breakdown.
 # A step whose *_TIMEOUT is 0 is skipped (TEST, MATVEC, BENCH, COMPILE, SAMPLING, BREAKDOWN); BENCH_PATHS picks the
 # bench's decode paths (default: all), COMPILE_PATHS the compiled run's (default: static,int8), FRAMES and RUNS its
-# frames per run and runs per path (default 256 and 2). Logs and the bench's markdown reports go to $OUT (default
+# frames per run and runs per path (default 256 and 2), TEST_K the tests' -k expression (default cuda). Logs and the bench's markdown reports go to $OUT (default
 # /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its needs, for machines without them) go into /tmp/site first.
 set -u
 OUT=${OUT:-/tmp/fishs2-gpu}
@@ -31,7 +31,7 @@ step() {  # step NAME TIMEOUT LOG COMMAND…: run COMMAND under TIMEOUT seconds 
 }
 
 step "CUDA tests" "${TEST_TIMEOUT:-330}" tests.log $PY -m pytest -q -rs -p no:cacheprovider \
-    tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k cuda
+    tests/test_cuda.py tests/test_perf_paths.py tests/test_memory.py -k "${TEST_K:-cuda}"
 
 step "matrix x vector at the real shapes, in CUDA graphs: bf16 cuBLAS, the int8 kernel (autotuned here), int8 \
 dequantise + GEMM, the kernel on bf16 weights" "${MATVEC_TIMEOUT:-90}" matvec.log $PY bench/matvec.py

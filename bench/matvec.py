@@ -98,6 +98,7 @@ def main() -> None:
               flush=True)
     if device.type == "cuda":
         fused_block_table(device, dtype, args.rows, args.rounds)
+        dependent_launch_table(device, dtype, args.rows, args.rounds)
         from fishs2 import matvec_kernel
 
         for key, config in getattr(matvec_kernel._tuned, "cache", {}).items():
@@ -154,6 +155,43 @@ def fused_block_table(device: torch.device, dtype: torch.dtype, rows: int, round
         print(f"| {label} | " + " | ".join(f"{1e6 * c:.1f}" for c in cells) + " |", flush=True)
     print("| one block (76 per frame) | " + " | ".join(f"{1e6 * t:.1f} ({76e3 * t:.2f} ms/frame)" for t in totals)
           + " |", flush=True)
+
+
+def dependent_launch_table(device: torch.device, dtype: torch.dtype, rows: int, rounds: int, blocks: int = 8,
+                           dim: int = 2560, ffn: int = 9728, heads: int = 4096, qkv: int = 6144) -> None:
+    """A chain of decode blocks' fused calls (each block's output the next block's input, the attention left out:
+    its input is the first `heads` columns of the wqkv output), each block with its own weights, in a CUDA graph:
+    µs per block with the kernel launched plainly and as a programmatic dependent (`matvec(..., pdl=True)`), which
+    lets each call start while the previous one ends. Skipped where the GPU or Triton cannot."""
+    from fishs2.matvec_kernel import dependent_launch_supported, matvec
+
+    if not dependent_launch_supported(device):
+        print(f"\n(programmatic dependent launch: not on {torch.cuda.get_device_name(device)} with this Triton)")
+        return
+    gen = torch.Generator(device=device).manual_seed(2)
+    gain = torch.rand(dim, device=device, dtype=dtype, generator=gen) + 0.5
+    shapes = ((qkv, dim), (dim, heads), (2 * ffn, dim), (dim, ffn))
+    dense = [[torch.randn(n, k, device=device, dtype=dtype, generator=gen) / k**0.5 for n, k in shapes]
+             for _ in range(blocks)]
+    x = torch.randn(rows, dim, device=device, dtype=dtype, generator=gen)
+    print(f"\n{blocks} decode blocks chained (four fused calls each, attention left out), µs per block in a CUDA "
+          "graph: plain launches against programmatic dependent launch")
+    print("| weights | plain | dependent launch | saved per block | saved per frame (76 blocks) |")
+    print("|---|---:|---:|---:|---:|")
+    for label, layers in (("bf16", [[(w, None) for w in block] for block in dense]),
+                          ("int8", [[quantize_rows(w) for w in block] for block in dense])):
+        def chain(pdl: bool) -> None:
+            h = x
+            for (wqkv, sqkv), (wo, so), (w13, s13), (w2, s2) in layers:
+                attended = matvec(h, wqkv, sqkv, norm_weight=gain, eps=1e-6, pdl=pdl)[:, :heads]
+                h = matvec(attended, wo, so, residual=h, pdl=pdl)
+                h = matvec(matvec(h, w13, s13, norm_weight=gain, eps=1e-6, swiglu=True, pdl=pdl), w2, s2,
+                           residual=h, pdl=pdl)
+
+        with torch.inference_mode():
+            plain, dependent = (timed([lambda p=pdl: chain(p)], device, rounds) / blocks for pdl in (False, True))
+        print(f"| {label} | {1e6 * plain:.1f} | {1e6 * dependent:.1f} | {1e6 * (plain - dependent):.1f} | "
+              f"{76e3 * (plain - dependent):.2f} ms |", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from fishs2.checkpoint import load_model  # noqa: E402
 from fishs2.config import ModelConfig  # noqa: E402
+from fishs2 import matvec  # noqa: E402
 from fishs2.generate import FrameDecoder, StaticDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
 from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
 from fishs2.model import AttentionMode, DualAR  # noqa: E402
@@ -181,6 +182,25 @@ def step_halves(decoder: StaticDecoder, rounds: int = 20) -> list[float]:
             seconds.append((time.perf_counter() - start) / rounds)
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
+    return seconds
+
+
+def dependent_launch_in_use(device: torch.device) -> bool:
+    """Whether the decode rows' kernel launches as a programmatic dependent on this GPU (`matvec.dependent_launch`)."""
+    try:
+        from fishs2.matvec_kernel import dependent_launch_supported
+    except ImportError:
+        return False
+    return dependent_launch_supported(device)
+
+
+def plain_launch_halves(decoder: StaticDecoder) -> list[float]:
+    """`step_halves` of the decoder's graphs captured again with the kernel launched plainly (the same process's
+    baseline for programmatic dependent launch); the graphs are captured as before afterwards."""
+    with matvec.dependent_launch(False):
+        decoder.capture()
+        seconds = step_halves(decoder)
+    decoder.capture()
     return seconds
 
 
@@ -438,6 +458,8 @@ def main() -> None:
     results = {name: best_of(r) for name, r in runs.items()}
     halves = {name: step_halves(m.static_decoder) for name, (m, options) in paths.items()
               if (options.get("static") or options.get("cuda_graph")) and m.static_decoder is not None}
+    plain_halves = {name: plain_launch_halves(paths[name][0].static_decoder) for name in halves
+                     if device.type == "cuda" and dependent_launch_in_use(device)}
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep = {}
     if {"fishs2", "official"} <= chosen:
@@ -484,6 +506,8 @@ def main() -> None:
         lines += ["Where a static step's time goes (mean of 20 calls of each half, "
                   + ("CUDA graph replays" if device.type == "cuda" else "run eagerly") + "):", ""]
         lines += [f"- {name}: slow AR {1000 * slow:.2f} ms, fast AR + sampling {1000 * fast:.2f} ms per frame"
+                  + (" (captured without programmatic dependent launch: {:.2f} ms + {:.2f} ms)".format(
+                      *(1000 * t for t in plain_halves[name])) if name in plain_halves else "")
                   for name, (slow, fast) in halves.items()] + [""]
     if args.real and device.type == "cuda":
         lines += goals(results, codec)

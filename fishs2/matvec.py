@@ -9,6 +9,10 @@ matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
   takes, prefill) are a GEMM's job.
 - Anything else (fp32 weights, the CPU, MPS, a GPU where Triton is missing or cannot build the kernel): the GEMM.
 
+On Hopper and later GPUs the kernel is launched as a programmatic dependent (`dependent_launch`): it starts while
+the kernel before it finishes and reads its first weight tile before waiting for that kernel's results, which hides
+part of the gap between one decode matmul and the next.
+
 A call can carry what a transformer block does around the matmul — the RMSNorm before it, SwiGLU or a residual add
 after it — so that a decode block is four kernel calls (`layers.TransformerBlock.fused_forward`); `gemm` runs the
 same arithmetic as the unfused modules, op for op.
@@ -22,9 +26,11 @@ This module never imports Triton itself, so the CPU path and ComfyUI's start-up 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from typing import Optional
+import os
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +41,7 @@ MAX_INT8_ROWS = 16  # fishs2.matvec_kernel.MAX_ROWS: the most takes the nodes de
 MAX_ONE_PASS_ROWS = 4  # fishs2.matvec_kernel.ROWS_PER_PROGRAM: rows that read the weights once
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)  # activation dtypes, and weight dtypes besides int8
 _failure: list[str] = []  # why the CUDA kernel was given up in this process, if it was
+_launch_dependents = [os.environ.get("FISHS2_DEPENDENT_LAUNCH", "1") != "0"]  # `dependent_launch`'s setting
 
 
 @functools.cache
@@ -55,6 +62,28 @@ def cuda_kernel():
     """The Triton matvec for decode rows on CUDA (`fishs2.matvec_kernel.matvec`), or None where Triton is missing
     or could not build it on this GPU."""
     return None if _failure else _import_kernel()
+
+
+@functools.cache
+def _dependent_launch_supported(device: torch.device) -> bool:
+    from .matvec_kernel import dependent_launch_supported
+
+    return dependent_launch_supported(device)
+
+
+@contextlib.contextmanager
+def dependent_launch(enabled: bool) -> Iterator[None]:
+    """Within the block, whether the kernel launches as a programmatic dependent on GPUs that support it (Hopper and
+    later; on unless the environment sets FISHS2_DEPENDENT_LAUNCH=0): it may start before the previous kernel ends and read its first weight tile then, which
+    is safe for a model's weights (written long before) and for nothing a kernel just wrote. A CUDA graph keeps the
+    choice it was captured with. For same-process comparisons (bench/) and as a way out should a driver mishandle
+    it."""
+    before = _launch_dependents[0]
+    _launch_dependents[0] = enabled
+    try:
+        yield
+    finally:
+        _launch_dependents[0] = before
 
 
 def _disable_kernel(error: Exception) -> None:
@@ -95,7 +124,8 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Te
     """x [rows, K] → [rows, N] (N/2 with swiglu): the kernel where `kernel_takes` says so, else `gemm`."""
     kernel = cuda_kernel() if kernel_takes(x, weight) else None
     if kernel is not None:
-        options = {"norm_weight": norm_weight, "eps": eps, "swiglu": swiglu, "residual": residual}
+        options = {"norm_weight": norm_weight, "eps": eps, "swiglu": swiglu, "residual": residual,
+                   "pdl": _launch_dependents[0] and _dependent_launch_supported(x.device)}
         try:
             if x.is_cuda and x.device.index != torch.cuda.current_device():  # Triton launches on the current one
                 with torch.cuda.device(x.device):

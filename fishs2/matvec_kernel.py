@@ -31,7 +31,15 @@ import triton
 import triton.language as tl
 import triton.testing
 
-__all__ = ["MAX_ROWS", "launch", "matvec"]
+try:  # grid dependency control (Triton ≥ 3.3): programmatic dependent launch on Hopper and later
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _TRITON_LAUNCHES_DEPENDENTS = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except ImportError:
+    _TRITON_LAUNCHES_DEPENDENTS = False
+
+__all__ = ["MAX_ROWS", "dependent_launch_supported", "launch", "matvec"]
 
 ROWS_PER_PROGRAM = 4  # activation rows whose partial products one program holds in registers
 MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) go through the dequantising GEMM
@@ -85,6 +93,39 @@ def _accumulate(acc, up, w, u, a, SWIGLU: tl.constexpr):
 
 
 @triton.jit
+def _weight_tiles(w_ptr, rows, N, k0, K: tl.constexpr, BLOCK_K: tl.constexpr, SWIGLU: tl.constexpr):
+    """The weight tile [BLOCK_N, BLOCK_K] of rows `rows` at columns k0 … as fp32, and with SWIGLU the up rows' tile
+    (rows + N) too (else the same tile again, unused)."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    mask = (rows[:, None] < N) & (cols[None, :] < K)
+    w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0).to(tl.float32)
+    u = w
+    if SWIGLU:
+        u = tl.load(w_ptr + (rows[:, None] + N) * K + cols[None, :], mask=mask, other=0).to(tl.float32)
+    return w, u
+
+
+@triton.jit
+def _k_step(x_ptr, norm_ptr, m0, M, k0, K: tl.constexpr, w, u, inverse_rms0, inverse_rms1, inverse_rms2,
+            inverse_rms3, acc0, acc1, acc2, acc3, up0, up1, up2, up3,
+            NORM: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The weight tiles w (and u) at columns k0 … times activation rows m0 … m0 + BLOCK_M - 1, into their
+    accumulator tiles."""
+    cols = k0 + tl.arange(0, BLOCK_K)
+    a = _activation_row(x_ptr, norm_ptr, m0, M, cols, K, inverse_rms0, NORM)
+    acc0, up0 = _accumulate(acc0, up0, w, u, a, SWIGLU)
+    if BLOCK_M > 1:
+        a = _activation_row(x_ptr, norm_ptr, m0 + 1, M, cols, K, inverse_rms1, NORM)
+        acc1, up1 = _accumulate(acc1, up1, w, u, a, SWIGLU)
+    if BLOCK_M > 2:
+        a = _activation_row(x_ptr, norm_ptr, m0 + 2, M, cols, K, inverse_rms2, NORM)
+        acc2, up2 = _accumulate(acc2, up2, w, u, a, SWIGLU)
+        a = _activation_row(x_ptr, norm_ptr, m0 + 3, M, cols, K, inverse_rms3, NORM)
+        acc3, up3 = _accumulate(acc3, up3, w, u, a, SWIGLU)
+    return acc0, acc1, acc2, acc3, up0, up1, up2, up3
+
+
+@triton.jit
 def _store_row(out_ptr, residual_ptr, m, M, N, rows, acc, up, scales, up_scales,
                HAS_SCALES: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr):
     """Output row m from its accumulator tiles [BLOCK_N, BLOCK_K], summed over K and scaled (int8), each step rounded
@@ -109,7 +150,7 @@ def _store_row(out_ptr, residual_ptr, m, M, N, rows, acc, up, scales, up_scales,
 def _matvec_kernel(
     x_ptr, w_ptr, scale_ptr, norm_ptr, residual_ptr, out_ptr, eps,
     M, N, K: tl.constexpr,
-    HAS_SCALES: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr,
+    HAS_SCALES: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # x [M, K] (any float dtype); w [N, K] int8 or x's dtype, with SWIGLU [2N, K] (gate rows, then up rows);
@@ -120,6 +161,10 @@ def _matvec_kernel(
     # (two layout conversions per step in its IR), which held the kernel to about a third of the H200's bandwidth.
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     m0 = tl.program_id(1) * BLOCK_M
+    if PDL:  # launched while the previous kernel still runs: its first weight tile is read before waiting for it
+        w_first, u_first = _weight_tiles(w_ptr, rows, N, 0, K, BLOCK_K, SWIGLU)
+        gdc_wait()  # the previous kernel has finished and its writes (x, residual) are visible
+        gdc_launch_dependents()  # the next kernel may start loading its weights while this one works
     inverse_rms0 = 1.0
     inverse_rms1 = 1.0
     inverse_rms2 = 1.0
@@ -139,23 +184,15 @@ def _matvec_kernel(
     up1 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     up2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     up3 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        cols = k0 + tl.arange(0, BLOCK_K)
-        mask = (rows[:, None] < N) & (cols[None, :] < K)
-        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0).to(tl.float32)
-        u = w
-        if SWIGLU:
-            u = tl.load(w_ptr + (rows[:, None] + N) * K + cols[None, :], mask=mask, other=0).to(tl.float32)
-        a = _activation_row(x_ptr, norm_ptr, m0, M, cols, K, inverse_rms0, NORM)
-        acc0, up0 = _accumulate(acc0, up0, w, u, a, SWIGLU)
-        if BLOCK_M > 1:
-            a = _activation_row(x_ptr, norm_ptr, m0 + 1, M, cols, K, inverse_rms1, NORM)
-            acc1, up1 = _accumulate(acc1, up1, w, u, a, SWIGLU)
-        if BLOCK_M > 2:
-            a = _activation_row(x_ptr, norm_ptr, m0 + 2, M, cols, K, inverse_rms2, NORM)
-            acc2, up2 = _accumulate(acc2, up2, w, u, a, SWIGLU)
-            a = _activation_row(x_ptr, norm_ptr, m0 + 3, M, cols, K, inverse_rms3, NORM)
-            acc3, up3 = _accumulate(acc3, up3, w, u, a, SWIGLU)
+    if PDL:  # the first K step on the tile read before the wait
+        acc0, acc1, acc2, acc3, up0, up1, up2, up3 = _k_step(
+            x_ptr, norm_ptr, m0, M, 0, K, w_first, u_first, inverse_rms0, inverse_rms1, inverse_rms2, inverse_rms3,
+            acc0, acc1, acc2, acc3, up0, up1, up2, up3, NORM, SWIGLU, BLOCK_M, BLOCK_K)
+    for k0 in range(BLOCK_K if PDL else 0, K, BLOCK_K):
+        w, u = _weight_tiles(w_ptr, rows, N, k0, K, BLOCK_K, SWIGLU)
+        acc0, acc1, acc2, acc3, up0, up1, up2, up3 = _k_step(
+            x_ptr, norm_ptr, m0, M, k0, K, w, u, inverse_rms0, inverse_rms1, inverse_rms2, inverse_rms3,
+            acc0, acc1, acc2, acc3, up0, up1, up2, up3, NORM, SWIGLU, BLOCK_M, BLOCK_K)
     scales = 1.0
     up_scales = 1.0
     if HAS_SCALES:
@@ -194,7 +231,7 @@ def _fitting_configs(configs, named_args, **kwargs):
 
 
 _PRUNE = {"early_config_prune": _fitting_configs}
-TUNING_KEY = ["M", "N", "K", "NORM", "SWIGLU", "RESIDUAL"]  # Triton adds the tensors' dtypes
+TUNING_KEY = ["M", "N", "K", "NORM", "SWIGLU", "RESIDUAL", "PDL"]  # Triton adds the tensors' dtypes
 try:  # tuned configs kept on disk across processes
     _tuned = triton.autotune(configs=CONFIGS, key=TUNING_KEY, prune_configs_by=_PRUNE, do_bench=_short_bench,
                              cache_results=True)(_matvec_kernel)
@@ -229,7 +266,14 @@ def _block_m(rows: int) -> int:
     return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
 
 
-def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual):
+def dependent_launch_supported(device: torch.device) -> bool:
+    """Whether `matvec(..., pdl=True)` can run on `device`: a CUDA GPU of compute capability 9.0 or later (Hopper)
+    and a Triton that exposes programmatic dependent launch."""
+    return (_TRITON_LAUNCHES_DEPENDENTS and device.type == "cuda"
+            and torch.cuda.get_device_capability(device)[0] >= 9)
+
+
+def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl):
     """The kernel's arguments (absent tensors stand in as x or weight, never read), flags and output."""
     N = _check(x, weight, scales, norm_weight, swiglu, residual)
     x, weight = x.contiguous(), weight.contiguous()
@@ -239,15 +283,20 @@ def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual):
             x if norm_weight is None else norm_weight.contiguous(), x if residual is None else residual.contiguous(),
             out, float(eps), M, N, K)
     flags = {"HAS_SCALES": scales is not None, "NORM": norm_weight is not None, "SWIGLU": swiglu,
-             "RESIDUAL": residual is not None, "BLOCK_M": _block_m(M)}
+             "RESIDUAL": residual is not None, "PDL": pdl, "BLOCK_M": _block_m(M)}
+    if pdl:
+        if not dependent_launch_supported(x.device):
+            raise ValueError(f"matvec: pdl=True needs a Hopper or later GPU and a Triton with programmatic "
+                             f"dependent launch, got {x.device} with Triton {triton.__version__}")
+        flags["launch_pdl"] = True
     return args, flags, out
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, block_n: int, block_k: int, *,
            norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """`matvec` with fixed block sizes (what the tests run through the interpreter)."""
-    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual)
+    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl)
     M, N = out.shape
     _matvec_kernel[(triton.cdiv(N, block_n), triton.cdiv(M, flags["BLOCK_M"]))](
         *args, **flags, BLOCK_N=block_n, BLOCK_K=block_k)
@@ -256,7 +305,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, b
 
 def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = None, *,
            norm_weight: torch.Tensor | None = None, eps: float = 0.0, swiglu: bool = False,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """x [M ≤ MAX_ROWS, K] · (weight [N, K] · scales[:, None])ᵀ → [M, N] in x.dtype, blocks autotuned per shape;
     int8 weights with their scales [N], or weights in x's dtype (bf16/fp16) without. What a transformer block does
     around its matmuls can run inside the same call (`fishs2.matvec.gemm` is the same arithmetic in PyTorch ops):
@@ -264,8 +313,14 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = 
     - norm_weight [K], eps: x is RMS-normalised first (`layers.RMSNorm`);
     - swiglu: weight stacks gate and up rows [2F, K]; the result is silu(gate) · up [M, F];
     - residual [M, N]: added to the result.
+
+    pdl (programmatic dependent launch, `dependent_launch_supported`): the kernel may start while the kernel before
+    it in the stream still runs, and reads its first weight tile before waiting for that kernel to finish; x and
+    residual are read after the wait. So the weights must not be written by the kernel just before, nor by the one
+    before that when it too was launched so: true of a model's parameters, written when it was loaded. It hides the
+    gap between one decode matmul and the next (launch, ramp-up) inside a CUDA graph.
     """
-    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual)
+    args, flags, out = _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl)
     M, N = out.shape
     _tuned[lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), triton.cdiv(M, flags["BLOCK_M"]))](*args, **flags)
     return out

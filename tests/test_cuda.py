@@ -234,6 +234,51 @@ def test_fused_kernel_calls_round_like_the_unfused_ops(int8):
             assert ((out - expected).abs() <= 2 * step + 1e-6).all(), (rows, list(options))
 
 
+@pytest.mark.parametrize("int8", [False, True], ids=["bf16", "int8"])
+def test_dependent_launch_waits_for_the_previous_call(int8):
+    """Decode blocks' fused calls chained, each call's input (and residual) the output of the call before, with the
+    kernel launched as a programmatic dependent — eagerly, and replayed from a CUDA graph on fresh inputs: bit-identical
+    to plain launches with the same block sizes. A call that read its input before the previous call had written it,
+    or whose weight prefetch crossed into what it must wait for, would differ."""
+    pytest.importorskip("triton")
+    from fishs2.matvec_kernel import dependent_launch_supported, launch
+    from fishs2.quantize import quantize_rows
+
+    if not dependent_launch_supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU and Triton ≥ 3.3")
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    dim, ffn, heads = 2560, 9728, 4096
+    gain = (torch.rand(dim, device="cuda", generator=gen) + 0.5).to(torch.bfloat16)
+    blocks = []
+    for _ in range(4):
+        dense = [(torch.randn(n, k, device="cuda", generator=gen) / k**0.5).to(torch.bfloat16)
+                 for n, k in ((6144, dim), (dim, heads), (2 * ffn, dim), (dim, ffn))]
+        blocks.append([quantize_rows(w) if int8 else (w, None) for w in dense])
+
+    def chain(x, pdl):
+        for (wqkv, sqkv), (wo, so), (w13, s13), (w2, s2) in blocks:
+            attended = launch(x, wqkv, sqkv, 4, 512, norm_weight=gain, eps=1e-6, pdl=pdl)[:, :heads]
+            x = launch(attended, wo, so, 8, 256, residual=x, pdl=pdl)
+            gated = launch(x, w13, s13, 2, 1024, norm_weight=gain, eps=1e-6, swiglu=True, pdl=pdl)
+            x = launch(gated, w2, s2, 8, 256, residual=x, pdl=pdl)
+        return x
+
+    for rows in (1, 4):
+        inputs = [torch.randn(rows, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(6)]
+        expected = [chain(x, pdl=False) for x in inputs]
+        assert all(torch.equal(chain(x, pdl=True), e) for x, e in zip(inputs, expected))
+        static = inputs[0].clone()
+        chain(static, pdl=True)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain(static, pdl=True)
+        for x, e in zip(inputs[::-1], expected[::-1]):
+            static.copy_(x)
+            graph.replay()
+            assert torch.equal(out, e), rows
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_decode_rows_on_a_second_gpu():
     """Triton launches on the current device: rows on cuda:1 while cuda:0 is current still run on cuda:1."""
@@ -254,6 +299,7 @@ def test_decode_rows_on_a_second_gpu():
 
 class Calls(list):
     fused: set
+    pdl: set
 
 
 def count_kernel_calls(monkeypatch) -> Calls:
@@ -264,11 +310,12 @@ def count_kernel_calls(monkeypatch) -> Calls:
     kernel = matvec.cuda_kernel()
     assert kernel is not None
     calls = Calls()
-    calls.fused = set()
+    calls.fused, calls.pdl = set(), set()
 
     def counted(x, w, s, **options):
         calls.append(w.dtype)
         calls.fused.update(k for k in ("norm_weight", "swiglu", "residual") if options.get(k) not in (None, False))
+        calls.pdl.add(options.get("pdl"))
         return kernel(x, w, s, **options)
 
     monkeypatch.setattr(matvec, "cuda_kernel", lambda: counted)
@@ -308,6 +355,9 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     assert gemm_rows and min(gemm_rows) > matvec.MAX_ONE_PASS_ROWS  # prefill only
     graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
+    from fishs2.matvec_kernel import dependent_launch_supported
+
+    assert calls.pdl == {dependent_launch_supported(torch.device("cuda"))}  # launched as dependents on Hopper+
 
     calls.clear()
     greedy_segments(model_on_cuda(parts, torch.float32), parts, "plain", seed=3, static=True, cuda_graph=False)

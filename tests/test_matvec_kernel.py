@@ -63,11 +63,15 @@ def test_kernel_arithmetic_through_the_interpreter():
 
 FUSED = textwrap.dedent("""
     import json, torch
+    from fishs2 import matvec_kernel
     from fishs2.matvec import gemm
     from fishs2.matvec_kernel import CONFIGS, launch
     from fishs2.quantize import quantize_rows
+    # pdl=True's code path (the first K step taken before the loop) with no grid dependency to control here
+    matvec_kernel.gdc_wait = matvec_kernel.gdc_launch_dependents = lambda: None
+    matvec_kernel.dependent_launch_supported = lambda device: True
     gen = torch.Generator().manual_seed(1)
-    worst = {}
+    worst = {"pdl outputs that differ": 0}
     for dtype in (torch.float32, torch.bfloat16):
         for m, n, k in ((1, 6, 40), (3, 37, 300), (4, 20, 260), (7, 10, 130), (16, 9, 64)):
             x = torch.randn(m, k, generator=gen).to(dtype) * 3
@@ -85,6 +89,9 @@ FUSED = textwrap.dedent("""
                         err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
                         key = f"{dtype} {name}"
                         worst[key] = max(worst.get(key, 0.0), err)
+                        dependent = launch(x, w, scales, config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"], **opts,
+                                           pdl=True)
+                        worst["pdl outputs that differ"] += (dependent != out).sum().item()
     print(json.dumps(worst))
 """)
 
@@ -93,12 +100,14 @@ def test_fused_options_through_the_interpreter():
     """The kernel with the block's work around the matmul (RMSNorm before, SwiGLU or a residual add after) against
     the same ops unfused (`matvec.gemm`), int8 and bf16 weights, 1 … 16 rows, three block shapes. fp32: summation
     order only. bf16: within a few steps of the largest output (the interpreter truncates each of the unfused code's
-    roundings where the GPU rounds to nearest: tests/test_cuda.py checks the GPU's outputs bit for bit)."""
+    roundings where the GPU rounds to nearest: tests/test_cuda.py checks the GPU's outputs bit for bit). Launched
+    as a programmatic dependent (pdl=True: its first K step before the loop), bit-identical to the plain launch."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-c", FUSED], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     worst = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(worst) == 6
+    assert len(worst) == 7
+    assert worst.pop("pdl outputs that differ") == 0  # launched as a dependent: the same arithmetic, bit for bit
     assert all(err < 1e-5 for key, err in worst.items() if key.startswith("torch.float32")), worst
     assert all(err < 0.06 for key, err in worst.items() if key.startswith("torch.bfloat16")), worst
 
@@ -192,12 +201,12 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
             signature = {"x_ptr": f"*{dtype}", "w_ptr": f"*{weights}", "scale_ptr": f"*{dtype if int8 else weights}",
                          "norm_ptr": f"*{dtype}", "residual_ptr": f"*{dtype}", "out_ptr": f"*{dtype}", "eps": "fp32",
                          "M": "i32", "N": "i32", "K": "constexpr", "HAS_SCALES": "constexpr", "NORM": "constexpr",
-                         "SWIGLU": "constexpr", "RESIDUAL": "constexpr", "BLOCK_M": "constexpr",
+                         "SWIGLU": "constexpr", "RESIDUAL": "constexpr", "PDL": "constexpr", "BLOCK_M": "constexpr",
                          "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
             for rows in (1, 4):
                 if config not in _fitting_configs(CONFIGS, {"K": 2560}, BLOCK_M=rows, **fused):
                     continue  # never built: its accumulators would spill
-                constants = {"K": 2560, "HAS_SCALES": int8, "NORM": False, "SWIGLU": False, "RESIDUAL": False,
+                constants = {"K": 2560, "HAS_SCALES": int8, "NORM": False, "SWIGLU": False, "RESIDUAL": False, "PDL": False,
                              **fused, "BLOCK_M": rows, **config.kwargs}
                 source = ASTSource(fn=_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
                 compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
@@ -219,6 +228,56 @@ def test_kernel_compiles_for_gpus_with_vector_loads(tmp_path: Path):
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
                 assert report.returncode == 0, report.stderr
                 assert "0 bytes spill stores" in report.stderr, (arch, dtype, config, fused, report.stderr)
+
+
+def test_dependent_launch_reads_the_first_weight_tile_before_waiting():
+    """Compiled for Hopper with programmatic dependent launch (`pdl=True`): the kernel loads its first weight tile,
+    then waits for the previous kernel (griddepcontrol.wait) before it reads any activation, and lets the next
+    kernel launch; no spills. Without it, no grid dependency instruction at all (Ampere cannot run one)."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fishs2.matvec_kernel import _TRITON_LAUNCHES_DEPENDENTS, CONFIGS, _matvec_kernel
+
+    if not _TRITON_LAUNCHES_DEPENDENTS:
+        pytest.skip("this Triton has no programmatic dependent launch")
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    signature = {"x_ptr": "*bf16", "w_ptr": "*i8", "scale_ptr": "*bf16", "norm_ptr": "*bf16", "residual_ptr": "*bf16",
+                 "out_ptr": "*bf16", "eps": "fp32", "M": "i32", "N": "i32", **{k: "constexpr" for k in (
+                     "K", "HAS_SCALES", "NORM", "SWIGLU", "RESIDUAL", "PDL", "BLOCK_M", "BLOCK_N", "BLOCK_K")}}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in (0, 1, 2, 3, 4, 5, 8)}
+    for fused in ({"NORM": True, "SWIGLU": True}, {"RESIDUAL": True}):
+        for pdl in (True, False):
+            config = CONFIGS[2]
+            constants = {"K": 2560, "HAS_SCALES": True, "NORM": False, "SWIGLU": False, "RESIDUAL": False, **fused,
+                         "PDL": pdl, "BLOCK_M": 4 if fused.get("RESIDUAL") else 2, **config.kwargs}
+            source = ASTSource(fn=_matvec_kernel, signature=signature, constexprs=constants, attrs=aligned)
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": config.num_warps, "launch_pdl": pdl})
+            ptx = compiled.asm["ptx"]
+            if not pdl:
+                assert "griddepcontrol" not in ptx
+                continue
+            assert compiled.metadata.launch_pdl
+            wait, trigger = ptx.index("griddepcontrol.wait"), ptx.index("griddepcontrol.launch_dependents")
+            assert wait < trigger
+            before = ptx[:wait]
+            # the weight tile (16-byte loads; with SwiGLU gate and up rows) is in flight before the wait, and
+            # nothing else is read: activations, the residual and the norm's input come after
+            assert len(re.findall(r"ld\.global(\.nc)?\.v4\.b32", before)) == (2 if fused.get("SWIGLU") else 1)
+            assert len(re.findall(r"ld\.global", before)) == len(re.findall(r"ld\.global(\.nc)?\.v4\.b32", before))
+            if ptxas.exists():
+                with tempfile.TemporaryDirectory() as folder:
+                    (Path(folder) / "kernel.ptx").write_text(ptx)
+                    report = subprocess.run([str(ptxas), "-v", "-arch=sm_90a", f"{folder}/kernel.ptx", "-o",
+                                             f"{folder}/kernel.cubin"], capture_output=True, text=True)
+                assert report.returncode == 0, report.stderr
+                assert "0 bytes spill stores" in report.stderr, (fused, report.stderr)
 
 
 def test_autotuning_builds_only_configs_that_fit_the_rows():
