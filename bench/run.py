@@ -197,10 +197,11 @@ def dependent_launch_in_use(device: torch.device) -> bool:
 def plain_launch_halves(decoder: StaticDecoder) -> list[float]:
     """`step_halves` of the decoder's graphs captured again with the kernel launched plainly (the same process's
     baseline for programmatic dependent launch); the graphs are captured as before afterwards."""
-    with matvec.dependent_launch(False):
+    with torch.inference_mode():  # the decoder's buffers are inference tensors
+        with matvec.dependent_launch(False):
+            decoder.capture()
+            seconds = step_halves(decoder)
         decoder.capture()
-        seconds = step_halves(decoder)
-    decoder.capture()
     return seconds
 
 

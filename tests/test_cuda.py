@@ -314,7 +314,8 @@ def count_kernel_calls(monkeypatch) -> Calls:
 
     def counted(x, w, s, **options):
         calls.append(w.dtype)
-        calls.fused.update(k for k in ("norm_weight", "swiglu", "residual") if options.get(k) not in (None, False))
+        calls.fused.update(k for k in ("norm_weight", "swiglu", "residual")
+                           if options.get(k) is not None and options.get(k) is not False)
         calls.pdl.add(options.get("pdl"))
         return kernel(x, w, s, **options)
 
