@@ -26,6 +26,9 @@ against fp32 arithmetic, in the CUDA graph and under torch.compile (tests/test_m
 
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -266,11 +269,29 @@ def _block_m(rows: int) -> int:
     return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
 
 
+GRAPHS_KEEP_DEPENDENT_LAUNCH = 12030  # the CUDA driver (12.3) from which graphs capture programmatic launches
+
+
+@functools.cache
+def _cuda_driver_version() -> int:
+    """The CUDA driver's version as `cuDriverGetVersion` gives it (12030 for 12.3), or 0 where it cannot be read."""
+    for name in ("libcuda.so.1", "nvcuda.dll"):
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        version = ctypes.c_int()
+        if library.cuDriverGetVersion(ctypes.byref(version)) == 0:
+            return version.value
+    return 0
+
+
 def dependent_launch_supported(device: torch.device) -> bool:
-    """Whether `matvec(..., pdl=True)` can run on `device`: a CUDA GPU of compute capability 9.0 or later (Hopper)
-    and a Triton that exposes programmatic dependent launch."""
+    """Whether `matvec(..., pdl=True)` can run on `device`: a CUDA GPU of compute capability 9.0 or later (Hopper),
+    a driver whose CUDA graphs capture programmatic launches (12.3+), and a Triton that exposes them."""
     return (_TRITON_LAUNCHES_DEPENDENTS and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 9)
+            and torch.cuda.get_device_capability(device)[0] >= 9
+            and _cuda_driver_version() >= GRAPHS_KEEP_DEPENDENT_LAUNCH)
 
 
 def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl):

@@ -280,6 +280,25 @@ def test_dependent_launch_reads_the_first_weight_tile_before_waiting():
                 assert "0 bytes spill stores" in report.stderr, (fused, report.stderr)
 
 
+def test_dependent_launch_needs_hopper_a_recent_driver_and_triton(monkeypatch):
+    """Programmatic dependent launch only where all of it exists: compute capability ≥ 9.0, a CUDA driver ≥ 12.3
+    (graphs keep the launches' programmatic edges) and a Triton with `launch_pdl`; never off CUDA."""
+    from fishs2 import matvec_kernel
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(matvec_kernel, "_TRITON_LAUNCHES_DEPENDENTS", True)
+    for capability, driver, expected in (((9, 0), 12080, True), ((10, 0), 13000, True), ((8, 9), 13000, False),
+                                         ((9, 0), 12020, False), ((9, 0), 0, False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
+        monkeypatch.setattr(matvec_kernel, "_cuda_driver_version", lambda d=driver: d)
+        assert matvec_kernel.dependent_launch_supported(cuda) is expected, (capability, driver)
+    assert not matvec_kernel.dependent_launch_supported(torch.device("cpu"))
+    monkeypatch.setattr(matvec_kernel, "_TRITON_LAUNCHES_DEPENDENTS", False)
+    assert not matvec_kernel.dependent_launch_supported(cuda)
+    with pytest.raises(ValueError, match="pdl=True needs a Hopper"):
+        matvec_kernel.matvec(torch.zeros(1, 8, dtype=torch.bfloat16), torch.zeros(4, 8, dtype=torch.bfloat16), pdl=True)
+
+
 def test_autotuning_builds_only_configs_that_fit_the_rows():
     from fishs2.matvec_kernel import CONFIGS, _fitting_configs
 
