@@ -279,6 +279,37 @@ def test_dependent_launch_waits_for_the_previous_call(int8):
             assert torch.equal(out, e), rows
 
 
+def test_decode_attention_kernels_at_real_shapes():
+    """The decode-attention kernels (32 query heads over 8 KV heads, head_dim 128, bf16) against the PyTorch ops
+    (`grouped_attention`) and the exact float64 result: no further from it than the ops' own bf16 error (a quarter
+    more, and a sixteenth of a bf16 step: summation order); with no mask over the filled slots, a static step's causal mask over a whole cache, and
+    per-sequence padding masks; one chunk to many."""
+    pytest.importorskip("triton")
+    from fishs2.attention_kernel import decode_attention
+    from fishs2.model.layers import grouped_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    for batch, capacity, length, kind in ((1, 1024, 1, None), (1, 1024, 228, None), (1, 1024, 1024, "causal"),
+                                          (3, 4096, 3000, "padded"), (1, 32768, 20000, "causal")):
+        q = (torch.randn(batch, 32, 1, 128, device="cuda", generator=gen) * 2).to(torch.bfloat16)
+        k, v = (torch.randn(batch, 8, capacity, 128, device="cuda", generator=gen).to(torch.bfloat16)
+                for _ in range(2))
+        mask = None
+        if kind == "causal":
+            mask = (torch.arange(length, device="cuda") < length - 37)[None, None, None]
+        elif kind == "padded":
+            mask = torch.rand(batch, 1, 1, length, device="cuda", generator=gen) < 0.8
+            mask[..., -1] = True
+        keys, values = k[:, :, :length], v[:, :, :length]
+        exact = grouped_attention(q.double(), keys.double(), values.double(), mask)
+        scale = exact.abs().max()
+        ops = ((grouped_attention(q, keys, values, mask).double() - exact).abs().max() / scale).item()
+        out = decode_attention(q, k, v, length, mask)
+        assert out.dtype == torch.bfloat16 and out.shape == q.shape
+        error = ((out.double() - exact).abs().max() / scale).item()
+        assert error <= 1.25 * ops + 2**-11, (batch, capacity, length, kind, error, ops)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_decode_rows_on_a_second_gpu():
     """Triton launches on the current device: rows on cuda:1 while cuda:0 is current still run on cuda:1."""
@@ -300,11 +331,13 @@ def test_decode_rows_on_a_second_gpu():
 class Calls(list):
     fused: set
     pdl: set
+    attention: int  # calls of the decode-attention kernels
 
 
 def count_kernel_calls(monkeypatch) -> Calls:
-    """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call (`calls`) and which of
-    a fused block's options it carried (`calls.fused`)."""
+    """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call (`calls`), which of a
+    fused block's options it carried (`calls.fused`) and whether it was launched as a dependent (`calls.pdl`); and
+    count the decode-attention kernels' calls (`calls.attention`)."""
     from fishs2 import matvec
 
     kernel = matvec.cuda_kernel()
@@ -320,6 +353,18 @@ def count_kernel_calls(monkeypatch) -> Calls:
         return kernel(x, w, s, **options)
 
     monkeypatch.setattr(matvec, "cuda_kernel", lambda: counted)
+
+    from fishs2 import decode_attention
+
+    attention = decode_attention._import_kernel()
+    assert attention is not None
+    calls.attention = 0
+
+    def counted_attention(*args):
+        calls.attention += 1
+        return attention(*args)
+
+    monkeypatch.setattr(decode_attention, "_import_kernel", lambda: counted_attention)
     return calls
 
 
@@ -359,6 +404,7 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     from fishs2.matvec_kernel import dependent_launch_supported
 
     assert calls.pdl == {dependent_launch_supported(torch.device("cuda"))}  # launched as dependents on Hopper+
+    assert calls.attention > 0  # the slow AR's decode attention, eager and in the graph
 
     calls.clear()
     greedy_segments(model_on_cuda(parts, torch.float32), parts, "plain", seed=3, static=True, cuda_graph=False)
@@ -384,6 +430,7 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
     codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
     assert calls and set(calls) == {torch.int8 if int8 else torch.bfloat16} and not matvec._failure
     assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks, through the op
+    assert calls.attention > 0  # decode attention through its op
     if int8:
         assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)

@@ -1,0 +1,174 @@
+"""One decode query per sequence attending over its KV cache on CUDA, in two Triton kernels (split-K "flash
+decoding"): what `layers.grouped_attention` computes for the slow AR's decode step, with the query heads of a group
+meeting their shared key head.
+
+`grouped_attention` runs about six kernels per layer (the query's scale, K·qᵀ, the mask, the softmax, the copy of
+the probabilities into the matmul's layout, P·V), and cuBLAS's batched GEMMs for these thin shapes took 6.4 µs each
+on an H200 (bench/GPU-NOTES.md, v3 profile): with 36 slow layers that is about 0.5 ms of a 6 ms frame. Here the
+cache is split into chunks across programs (a sequence's 8 KV heads alone would leave most of the GPU idle):
+
+- `_partial_kernel`, one program per (sequence × KV head, chunk): the group's scores over the chunk, their maximum m,
+  Σ exp(s − m) and the unnormalised Σ exp(s − m) · v;
+- `_combine_kernel`, one program per sequence × KV head: the chunks rescaled to the global maximum, summed and
+  divided once.
+
+Roundings follow `grouped_attention`'s where it rounds to the activation dtype — the scaled query and the scores
+(the GEMM's output) — except the probabilities: they meet V unnormalised (exp(s − m) of the chunk's running maximum)
+and rounded to V's dtype, as flash attention does, since normalising first would need the global maximum before
+the first product; the denominator sums those same rounded weights. The sums are fp32 and the output is rounded
+once. Results differ from `grouped_attention` in the
+last step of some outputs, as two attention backends do (tests/test_attention_kernel.py bounds it on the CPU,
+tests/test_cuda.py on the GPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["decode_attention", "split_chunks"]
+
+BLOCK_L = 32  # keys per step inside a chunk
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter (the CPU tests)
+TARGET_PROGRAMS = 256  # chunks × sequences × KV heads to aim for: about two per SM on an H100
+
+
+@triton.jit
+def _dot(a, b, NATIVE: tl.constexpr):
+    """a · b with fp32 accumulation for operands holding bf16/fp16 values: on their own tensor cores, or (Triton's
+    interpreter, whose dot misreads bf16) converted to fp32, which holds them exactly — the same products."""
+    if NATIVE:
+        return tl.dot(a, b)
+    return tl.dot(a.to(tl.float32), b.to(tl.float32))
+
+
+@triton.jit
+def _partial_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, o_ptr, scale,
+    L, SPLITS,
+    q_stride_b, q_stride_h, k_stride_b, k_stride_h, k_stride_l, mask_stride_b,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, NATIVE_DOT: tl.constexpr,
+):
+    # q [B, HKV·G, D] (strided); k, v [B, HKV, capacity ≥ L, D] (last dim contiguous, v with k's strides);
+    # mask [B or 1, L] bool as int8 (read with HAS_MASK); m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D].
+    bh = tl.program_id(0)
+    chunk = tl.program_id(1)
+    b = bh // HKV
+    h = bh % HKV
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, D)
+    heads = h * G + g
+    q = tl.load(q_ptr + b * q_stride_b + heads[:, None] * q_stride_h + d[None, :], mask=g[:, None] < G, other=0.0)
+    q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # `grouped_attention` scales q in its dtype
+    kv = b * k_stride_b + h * k_stride_h
+    m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for step in range(0, CHUNK // BLOCK_L):  # a static count: keys past L are masked (and never read)
+        keys = chunk * CHUNK + step * BLOCK_L + tl.arange(0, BLOCK_L)
+        inside = keys < L
+        k = tl.load(k_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
+        s = _dot(q, tl.trans(k), NATIVE_DOT)  # [BLOCK_G, BLOCK_L]
+        s = s.to(q_ptr.dtype.element_ty).to(tl.float32)  # rounded as the GEMM's output is
+        visible = inside
+        if HAS_MASK:
+            visible = visible & (tl.load(mask_ptr + b * mask_stride_b + keys, mask=inside, other=0) != 0)
+        s = tl.where(visible[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at zero
+        p = tl.exp(s - shift[:, None]).to(v_ptr.dtype.element_ty)  # P in V's dtype, as flash attention has it
+        rescale = tl.exp(m - shift)
+        total = total * rescale + tl.sum(p.to(tl.float32), axis=1)  # the weights P·V uses, so they sum to one
+        v = tl.load(v_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
+        acc = acc * rescale[:, None] + _dot(p, v, NATIVE_DOT)
+        m = m_new
+    row = bh * SPLITS + chunk
+    tl.store(m_ptr + row * BLOCK_G + g, m)
+    tl.store(l_ptr + row * BLOCK_G + g, total)
+    tl.store(o_ptr + (row * BLOCK_G + g[:, None]) * D + d[None, :], acc)
+
+
+@triton.jit
+def _combine_kernel(
+    m_ptr, l_ptr, o_ptr, out_ptr, SPLITS, out_stride_b, out_stride_h,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    # m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D] → out [B, HKV·G, D] (strided), one program per
+    # sequence × KV head.
+    bh = tl.program_id(0)
+    b = bh // HKV
+    h = bh % HKV
+    splits = tl.arange(0, BLOCK_S)
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, D)
+    rows = bh * SPLITS + splits
+    present = splits < SPLITS
+    m = tl.load(m_ptr + rows[:, None] * BLOCK_G + g[None, :], mask=present[:, None], other=float("-inf"))
+    total = tl.load(l_ptr + rows[:, None] * BLOCK_G + g[None, :], mask=present[:, None], other=0.0)
+    top = tl.max(m, axis=0)  # [BLOCK_G]; every head sees at least one key, so finite
+    denominator = tl.sum(total * tl.where(m == float("-inf"), 0.0, tl.exp(m - top[None, :])), axis=0)
+    out = tl.zeros((BLOCK_G, D), dtype=tl.float32)
+    for s in range(0, BLOCK_S):  # chunks past SPLITS weigh nothing
+        row = bh * SPLITS + s
+        m_s = tl.load(m_ptr + row * BLOCK_G + g, mask=s < SPLITS, other=float("-inf"))
+        weight = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - top))  # the chunk's share per head
+        o = tl.load(o_ptr + (row * BLOCK_G + g[:, None]) * D + d[None, :], mask=s < SPLITS, other=0.0)
+        out += o * weight[:, None]
+    out = out / denominator[:, None]
+    heads = h * G + g
+    tl.store(out_ptr + b * out_stride_b + heads[:, None] * out_stride_h + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+
+
+def split_chunks(length: int, sequences_heads: int) -> tuple[int, int]:
+    """(keys per chunk, chunks) for `length` keys and `sequences_heads` sequences × KV heads: enough chunks to give
+    the GPU about TARGET_PROGRAMS programs, each BLOCK_L times a power of two keys long (a compile-time constant:
+    a cache that grows by one key per frame compiles the kernel for a few chunk lengths, not for every length)."""
+    wanted = max(1, TARGET_PROGRAMS // sequences_heads)
+    chunk = BLOCK_L * triton.next_power_of_2(triton.cdiv(triton.cdiv(length, wanted), BLOCK_L))
+    return chunk, triton.cdiv(length, chunk)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q · kᵀ / √D) · v for one query per sequence: q [B, H, 1, D]; k, v [B, Hkv, capacity, D] (a layer's
+    cache; the first `length` slots are attended, H a multiple of Hkv); mask [B or 1, 1, 1, length] bool (True:
+    visible) or None → [B, H, 1, D] in q's dtype (bf16/fp16)."""
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    if T != 1 or H % Hkv or k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or not 1 <= length <= k.shape[2]:
+        raise ValueError(f"decode_attention: q [B, H, 1, D] and k, v [B, Hkv | H, ≥ {length}, D], got q "
+                         f"{list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+    if q.dtype not in (torch.bfloat16, torch.float16) and not INTERPRETED:  # fp32 would multiply in TF32
+        raise ValueError(f"decode_attention: bf16 or fp16 on the GPU, got {q.dtype}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"decode_attention: q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if D & (D - 1) or D < 16:
+        raise ValueError(f"decode_attention: head_dim must be a power of two ≥ 16, got {D}")
+    if k.stride() != v.stride() or k.stride(3) != 1 or q.stride(3) != 1:
+        raise ValueError("decode_attention: k and v must share strides, with contiguous head_dim (a KVCache's)")
+    if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != length or mask.shape[0] not in (1, B)):
+        raise ValueError(f"decode_attention: mask must be bool [1 or {B}, 1, 1, {length}], got {mask.dtype} "
+                         f"{list(mask.shape)}")
+    G = H // Hkv
+    block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
+    chunk, splits = split_chunks(length, B * Hkv)
+    m = torch.empty(B * Hkv, splits, block_g, dtype=torch.float32, device=q.device)
+    total = torch.empty_like(m)
+    partial = torch.empty(B * Hkv, splits, block_g, D, dtype=torch.float32, device=q.device)
+    flat_mask = None if mask is None else mask.reshape(mask.shape[0], length).view(torch.int8)
+    _partial_kernel[(B * Hkv, splits)](
+        q, k, v, q if flat_mask is None else flat_mask, m, total, partial, 1.0 / math.sqrt(D),
+        length, splits, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        0 if flat_mask is None or flat_mask.shape[0] == 1 else flat_mask.stride(0),
+        HKV=Hkv, G=G, D=D, HAS_MASK=flat_mask is not None, BLOCK_G=block_g, BLOCK_L=BLOCK_L, CHUNK=chunk,
+        NATIVE_DOT=q.dtype != torch.float32 and not INTERPRETED)
+    out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
+    _combine_kernel[(B * Hkv,)](m, total, partial, out, splits, out.stride(0), out.stride(1),
+                                HKV=Hkv, G=G, D=D, BLOCK_G=block_g, BLOCK_S=triton.next_power_of_2(splits))
+    return out

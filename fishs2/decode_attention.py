@@ -1,0 +1,117 @@
+"""Which kernel attends a decode step's query over a layer's KV cache: on CUDA in bf16/fp16 the two Triton kernels of
+`fishs2.attention_kernel` (two launches per layer instead of about six), elsewhere `layers.grouped_attention`.
+
+The slow AR's decode step uses it; the fast AR keeps its official hand-written attention (`layers.manual_attention`),
+and prefill its SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
+kernel is (`fishs2.matvec`). This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not
+pay for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from typing import Iterator, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+_failure: list[str] = []  # why the kernel was given up in this process, if it was
+_enabled = [os.environ.get("FISHS2_DECODE_ATTENTION", "1") != "0"]  # `kernel_enabled`'s setting
+
+
+@functools.cache
+def _import_kernel():
+    try:
+        from .attention_kernel import decode_attention
+    except ImportError:  # no Triton: grouped_attention instead
+        return None
+    except Exception as e:  # a Triton too old or too new for the kernels' definitions
+        _disable(e)
+        return None
+    return decode_attention
+
+
+def _disable(error: Exception) -> None:
+    _failure.append(f"{type(error).__name__}: {error}")
+    log.warning("fishs2: the CUDA decode-attention kernel failed (%s); decode attention goes through PyTorch's ops "
+                "instead", _failure[0])
+
+
+@contextlib.contextmanager
+def kernel_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, whether CUDA decode steps attend through the Triton kernels (on unless the environment sets
+    FISHS2_DECODE_ATTENTION=0). A CUDA graph keeps the choice it was captured with. For same-process comparisons
+    (bench/) and as a way out."""
+    before = _enabled[0]
+    _enabled[0] = enabled
+    try:
+        yield
+    finally:
+        _enabled[0] = before
+
+
+def kernel_takes(q: torch.Tensor, cache_k: torch.Tensor) -> bool:
+    """Whether a decode query q [B, H, 1, D] over `cache_k` [B, Hkv, capacity, D] belongs to the kernels."""
+    D = q.shape[-1]
+    return (_enabled[0] and not _failure and q.is_cuda and q.dtype in KERNEL_DTYPES and cache_k.dtype == q.dtype
+            and q.shape[2] == 1 and D >= 16 and D & (D - 1) == 0)
+
+
+def reference(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
+              mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The same attention in PyTorch's ops (`layers.grouped_attention` over the first `length` slots)."""
+    from .model.layers import grouped_attention
+
+    return grouped_attention(q, cache_k[:, :, :length], cache_v[:, :, :length], mask)
+
+
+def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
+           mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """q [B, H, 1, D] over the first `length` slots of a layer's cache (k, v [B, Hkv, capacity, D]) under `mask`
+    [1 or B, 1, 1, length] (or None) → [B, H, 1, D]: the kernels where `kernel_takes` says so, else `reference`."""
+    kernel = _import_kernel() if kernel_takes(q, cache_k) else None
+    if kernel is not None:
+        try:
+            if q.is_cuda and q.device.index != torch.cuda.current_device():  # Triton launches on the current one
+                with torch.cuda.device(q.device):
+                    return kernel(q, cache_k, cache_v, length, mask)
+            return kernel(q, cache_k, cache_v, length, mask)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # a Triton that cannot build the kernels for this GPU: PyTorch's ops still work
+            _disable(e)
+    return reference(q, cache_k, cache_v, length, mask)
+
+
+def _attention_op():
+    """The custom op `fishs2::decode_attention` (PyTorch ≥ 2.4), registered once per process (a second copy of this
+    package, under a node pack's name, reuses the first one's)."""
+    if not hasattr(torch.library, "custom_op"):
+        return None
+    try:
+        return torch.ops.fishs2.decode_attention.default
+    except AttributeError:
+        pass
+    op = torch.library.custom_op("fishs2::decode_attention", attend, mutates_args=())
+
+    @op.register_fake
+    def _(q, cache_k, cache_v, length, mask=None):
+        return torch.empty_like(q)
+
+    return op
+
+
+attention_op = _attention_op()
+
+
+def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
+                     mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """`attend`, through the opaque op when compiling (inductor would otherwise trace into the Triton launch)."""
+    if attention_op is not None and torch.compiler.is_compiling():
+        return attention_op(q, cache_k, cache_v, length, mask)
+    return attend(q, cache_k, cache_v, length, mask)

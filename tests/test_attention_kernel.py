@@ -1,0 +1,264 @@
+"""The CUDA decode-attention kernels (`fishs2.attention_kernel`) and their dispatch (`fishs2.decode_attention`): the
+arithmetic on the CPU through Triton's interpreter against `layers.grouped_attention`, the golden model's greedy codes
+with the kernels serving its slow AR's decode attention, the input checks, the chunking and the dispatch rule. The
+same kernels on a GPU are in tests/test_cuda.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def interpreted(code: str) -> dict:
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# Group sizes 1, 2 and 4, lengths shorter than one step and spanning many chunks, a cache longer than the length,
+# batches with a shared causal mask and with per-sequence (left-padding) masks.
+ARITHMETIC = textwrap.dedent("""
+    import json, torch
+    from fishs2.attention_kernel import decode_attention
+    from fishs2.model.layers import grouped_attention
+    gen = torch.Generator().manual_seed(0)
+    worst = {"fp32": 0.0, "bf16 excess": 0.0}
+    for B, Hkv, G, L, capacity, mask_kind in ((1, 2, 4, 70, 80, None), (2, 2, 4, 150, 200, "padded"),
+                                              (1, 1, 2, 5, 10, None), (3, 2, 1, 300, 300, "padded"),
+                                              (1, 2, 4, 600, 640, "causal")):
+        D = 32
+        mask = None
+        if mask_kind == "causal":  # a static step's: the first L − 40 slots visible
+            mask = (torch.arange(L) < L - 40)[None, None, None]
+        elif mask_kind == "padded":
+            mask = torch.rand(B, 1, 1, L, generator=gen) < 0.7
+            mask[..., -1] = True
+        for dtype in (torch.float32, torch.bfloat16):
+            q = (torch.randn(B, Hkv * G, 1, D, generator=gen) * 2).to(dtype)
+            k, v = (torch.randn(B, Hkv, capacity, D, generator=gen).to(dtype) for _ in range(2))
+            exact = grouped_attention(q.double(), k[:, :, :L].double(), v[:, :, :L].double(), mask)
+            out = decode_attention(q, k, v, L, mask)
+            assert out.dtype == dtype and out.shape == (B, Hkv * G, 1, D)
+            scale = exact.abs().max()
+            err = ((out.double() - exact).abs().max() / scale).item()
+            if dtype == torch.float32:
+                worst["fp32"] = max(worst["fp32"], err)
+            else:  # beyond twice the error of the PyTorch ops in the same dtype
+                ops = ((grouped_attention(q, k[:, :, :L], v[:, :, :L], mask).double() - exact).abs().max() / scale)
+                worst["bf16 excess"] = max(worst["bf16 excess"], err - 2 * ops.item())
+    print(json.dumps(worst))
+""")
+
+
+def test_kernels_match_grouped_attention_through_the_interpreter():
+    """fp32: the same attention up to summation order. bf16: within twice the PyTorch ops' own error of the exact
+    (float64) result, plus two bf16 steps of the largest output: the interpreter truncates at each of the kernels'
+    four roundings where a GPU rounds to nearest (tests/test_cuda.py holds the GPU to the ops' error). A wrong mask,
+    chunk or combination is off by tens of percent."""
+    worst = interpreted(ARITHMETIC)
+    assert worst["fp32"] < 1e-5, worst
+    assert worst["bf16 excess"] < 2**-6, worst
+
+
+MODEL = textwrap.dedent("""
+    import json, torch
+    from fishs2 import decode_attention
+    from tests.test_fused_decode import golden_engine
+    from tests.test_perf_paths import GOLDEN, segments
+
+    calls = []
+    kernel = decode_attention._import_kernel()
+    def counted(q, k, v, length, mask):
+        calls.append((length, mask is None))
+        return kernel(q, k, v, length, mask)
+
+    # the golden model is fp32 on the CPU: let the kernels (interpreted) take its decode queries
+    decode_attention.kernel_takes = lambda q, cache_k: q.shape[2] == 1
+    decode_attention._import_kernel = lambda: counted
+    engine = golden_engine()
+    equal = {}
+    for name in ("plain", "dialogue"):
+        for static in (False, True):
+            got = segments(engine, name, "greedy", static=static)
+            equal[f"{name} static={static}"] = all(
+                torch.equal(g, GOLDEN[f"{name}/greedy/batch{b}.yielded_codes"]) for b, g in enumerate(got))
+    print(json.dumps({"equal": equal, "calls": len(calls), "masked": sum(not none for _, none in calls),
+                      "failure": decode_attention._failure}))
+""")
+
+
+def test_kernels_in_the_model_give_the_official_codes():
+    """The kernels (Triton's interpreter, fp32) serving every decode-step attention of the golden model's slow AR,
+    dynamic (no mask, the filled slots) and static (the whole cache under a mask): the official greedy codes."""
+    result = interpreted(MODEL)
+    assert result["failure"] == [] and result["calls"] > 0 and 0 < result["masked"] < result["calls"]
+    assert all(result["equal"].values()), result["equal"]
+
+
+def test_inputs_are_checked():
+    from fishs2.attention_kernel import decode_attention
+
+    q, k = torch.zeros(1, 8, 1, 32, dtype=torch.bfloat16), torch.zeros(1, 2, 64, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="q \\[B, H, 1, D\\]"):
+        decode_attention(torch.zeros(1, 8, 2, 32, dtype=torch.bfloat16), k, k, 10)
+    with pytest.raises(ValueError, match="q \\[B, H, 1, D\\]"):
+        decode_attention(q, k, k, 65)  # longer than the cache
+    with pytest.raises(ValueError, match="q \\[B, H, 1, D\\]"):
+        decode_attention(torch.zeros(1, 7, 1, 32, dtype=torch.bfloat16), k, k, 10)  # 7 heads over 2 KV heads
+    with pytest.raises(ValueError, match="power of two"):
+        decode_attention(torch.zeros(1, 8, 1, 24, dtype=torch.bfloat16), torch.zeros(1, 2, 64, 24,
+                                                                                    dtype=torch.bfloat16),
+                         torch.zeros(1, 2, 64, 24, dtype=torch.bfloat16), 10)
+    with pytest.raises(ValueError, match="bf16 or fp16 on the GPU"):
+        decode_attention(q.float(), k.float(), k.float(), 10)
+    with pytest.raises(ValueError, match="share a dtype"):
+        decode_attention(q, k, k.half(), 10)
+    with pytest.raises(ValueError, match="mask must be bool"):
+        decode_attention(q, k, k, 10, torch.ones(1, 1, 1, 9, dtype=torch.bool))
+    with pytest.raises(ValueError, match="mask must be bool"):
+        decode_attention(q, k, k, 10, torch.ones(1, 1, 1, 10))
+
+
+def test_chunks_cover_the_keys_in_few_compiled_lengths():
+    """Chunks are BLOCK_L × a power of two (one compiled kernel per chunk length), cover every key, and give the GPU
+    about TARGET_PROGRAMS programs: a cache growing one key at a time compiles a handful of kernels."""
+    from fishs2.attention_kernel import BLOCK_L, TARGET_PROGRAMS, split_chunks
+
+    lengths = {}
+    for length in range(1, 33000, 7):
+        chunk, splits = split_chunks(length, 8)
+        assert chunk % BLOCK_L == 0 and (chunk // BLOCK_L) & (chunk // BLOCK_L - 1) == 0
+        assert (splits - 1) * chunk < length <= splits * chunk
+        assert 8 * splits <= 2 * TARGET_PROGRAMS
+        lengths[chunk] = length
+    assert len(lengths) <= 7
+    assert split_chunks(228, 8) == (BLOCK_L, 8)  # a short decode: one step per chunk
+
+
+def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
+    """Both kernels compiled ahead of time for Ampere and Hopper at the real architecture's shapes (8 KV heads of 4
+    query heads, head_dim 128), bf16 and fp16: the products on tensor cores (mma), no register spills (ptxas)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from fishs2.attention_kernel import BLOCK_L, _combine_kernel, _partial_kernel
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("this Triton has no bundled ptxas")
+    for arch in (80, 90):
+        sm = f"sm_{arch}a" if arch == 90 else f"sm_{arch}"
+        for dtype in ("bf16", "fp16"):
+            partial = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "mask_ptr": "*i8",
+                       "m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "scale": "fp32",
+                       **{name: "i32" for name in ("L", "SPLITS", "q_stride_b", "q_stride_h", "k_stride_b",
+                                                   "k_stride_h", "k_stride_l", "mask_stride_b")},
+                       **{name: "constexpr" for name in ("HKV", "G", "D", "HAS_MASK", "BLOCK_G", "BLOCK_L", "CHUNK",
+                                                         "NATIVE_DOT")}}
+            combine = {"m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "out_ptr": f"*{dtype}", "SPLITS": "i32",
+                       "out_stride_b": "i32", "out_stride_h": "i32",
+                       **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_G", "BLOCK_S")}}
+            builds = [(_partial_kernel, partial, {"HKV": 8, "G": 4, "D": 128, "HAS_MASK": mask, "BLOCK_G": 16,
+                                                  "BLOCK_L": BLOCK_L, "CHUNK": chunk, "NATIVE_DOT": True})
+                      for mask in (False, True) for chunk in (BLOCK_L, 8 * BLOCK_L)]
+            builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "D": 128, "BLOCK_G": 16, "BLOCK_S": 64}))
+            for kernel, signature, constants in builds:
+                aligned = {(i,): [["tt.divisibility", 16]] for i in range(7 if kernel is _partial_kernel else 4)}
+                compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
+                                                    attrs=aligned), target=GPUTarget("cuda", arch, 32))
+                ptx = compiled.asm["ptx"]
+                if kernel is _partial_kernel:
+                    assert re.search(r"\bw?mma", ptx), (arch, dtype, constants)
+                (tmp_path / "kernel.ptx").write_text(ptx)
+                report = subprocess.run([str(ptxas), "-v", f"-arch={sm}", str(tmp_path / "kernel.ptx"), "-o",
+                                         str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
+                assert report.returncode == 0, report.stderr
+                assert "0 bytes spill stores" in report.stderr, (arch, dtype, constants, report.stderr)
+
+
+class _CudaQuery:
+    """Stands in for a query on CUDA (a CPU tensor can not claim to be on CUDA) in the dispatch rule."""
+
+    def __init__(self, T: int, D: int, dtype: torch.dtype):
+        self.shape, self.dtype, self.is_cuda = (1, 32, T, D), dtype, True
+
+
+def test_kernel_takes_decode_queries_in_bf16_and_fp16_on_cuda():
+    from fishs2 import decode_attention
+
+    cache = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
+    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
+    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.float16), cache.half())
+    assert not decode_attention.kernel_takes(_CudaQuery(4, 128, torch.bfloat16), cache)  # prefill: SDPA
+    assert not decode_attention.kernel_takes(_CudaQuery(1, 128, torch.float32), cache.float())  # golden numerics
+    assert not decode_attention.kernel_takes(_CudaQuery(1, 96, torch.bfloat16), cache)
+    assert not decode_attention.kernel_takes(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), cache)  # CPU
+    with decode_attention.kernel_enabled(False):
+        assert not decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
+    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
+
+
+def test_cpu_decode_never_imports_triton():
+    """The kernels' module imports Triton; a CPU model's decode (and ComfyUI's start-up) must not."""
+    code = textwrap.dedent("""
+        import sys, torch
+        from fishs2.model.layers import Attention, AttentionMode, KVCache
+        from fishs2.config import TransformerConfig
+        c = TransformerConfig(dim=64, n_layer=1, n_head=4, n_local_heads=2, head_dim=16, intermediate_size=32,
+                              qk_norm=False)
+        rotation = torch.stack([torch.ones(1, 8), torch.zeros(1, 8)], dim=-1)[None, :, None]  # no rotation
+        for dtype in (torch.float32, torch.bfloat16):
+            attention = Attention(c, 1e-6).to(dtype)
+            cache = KVCache(1, 2, 8, 16, dtype, "cpu")
+            attention(torch.randn(1, 1, 64, dtype=dtype), rotation, cache, 0, AttentionMode(), None)
+        print("triton" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
+def test_compiled_blocks_attend_through_the_op(monkeypatch, tmp_path):
+    """Compiled blocks reach the decode attention through the custom op `fishs2::decode_attention`, which runs its
+    Python at run time (never inside a trace): the official codes, dynamic and static, with the CPU standing in for
+    CUDA (the dispatch accepts its queries and the "kernel" is the PyTorch reference)."""
+    from fishs2 import decode_attention
+
+    from .test_fused_decode import golden_engine
+    from .test_perf_paths import GOLDEN, segments
+
+    if decode_attention.attention_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    calls = []
+    copies = [m for name, m in sys.modules.items()
+              if name == "fishs2.decode_attention" or name.endswith(".fishs2.decode_attention")]
+    for copy in copies:  # the node-pack tests import the engine a second time under the pack's name
+        def kernel(q, k, v, length, mask, reference=copy.reference):
+            calls.append(torch.compiler.is_compiling())
+            return reference(q, k, v, length, mask)
+
+        monkeypatch.setattr(copy, "kernel_takes", lambda q, cache_k: q.shape[2] == 1)
+        monkeypatch.setattr(copy, "_import_kernel", lambda kernel=kernel: kernel)
+    torch._dynamo.reset()  # blocks compiled by earlier tests hold no guard on the patched dispatch rule
+    engine = golden_engine(tmp_path / "inductor")
+    name, mode = "dialogue_two_batches", "sampled"
+    for options in ({}, dict(static=True)):
+        got = segments(engine, name, mode, **options)
+        assert all(torch.equal(g, GOLDEN[f"{name}/{mode}/batch{b}.yielded_codes"]) for b, g in enumerate(got))
+    torch._dynamo.reset()  # nor would the code compiled here on the real rule, for later tests
+    assert calls and not any(calls)
