@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one command (a lent GPU machine is billed per second, so it runs as one call):
-# the CUDA tests, the int8 kernel against cuBLAS (bench/matvec.py), the real-architecture bench (bf16, with int8
-# and fp8 side by side), the sampling bench, the same bench with compiled blocks, and the per-kernel breakdown.
-# A step whose *_TIMEOUT is 0 is skipped (TEST, MATVEC, BENCH, COMPILE, SAMPLING, BREAKDOWN); BENCH_PATHS picks the
-# bench's decode paths (default: all), COMPILE_PATHS the compiled run's (default: static,int8), FRAMES and RUNS its
-# frames per run and runs per path (default 256 and 2), TEST_K the tests' -k expression (default cuda). Logs and the bench's markdown reports go to $OUT (default
-# /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its needs, for machines without them) go into /tmp/site first.
+# the CUDA tests, the int8 kernel against cuBLAS (bench/matvec.py), the decode-attention kernels against PyTorch's
+# ops (bench/attention.py), the real-architecture bench (bf16, with int8 and fp8 side by side), the sampling bench,
+# the same bench with compiled blocks, and the per-kernel breakdown.
+# A step whose *_TIMEOUT is 0 is skipped (TEST, MATVEC, ATTENTION, BENCH, COMPILE, SAMPLING, BREAKDOWN); BENCH_PATHS
+# picks the bench's decode paths (default: all), COMPILE_PATHS the compiled run's (default: static,int8), FRAMES and
+# RUNS its frames per run and runs per path (default 256 and 2), TEST_K the tests' -k expression (default cuda).
+# Logs and the bench's markdown reports go to $OUT (default /tmp/fishs2-gpu). Wheels in .whl/ (soundfile and its
+# needs, for machines without them) go into /tmp/site first.
 set -u
 OUT=${OUT:-/tmp/fishs2-gpu}
 mkdir -p "$OUT"
@@ -35,6 +37,9 @@ step "CUDA tests" "${TEST_TIMEOUT:-330}" tests.log $PY -m pytest -q -rs -p no:ca
 
 step "matrix x vector at the real shapes, in CUDA graphs: bf16 cuBLAS, the int8 kernel (autotuned here), int8 \
 dequantise + GEMM, the kernel on bf16 weights" "${MATVEC_TIMEOUT:-90}" matvec.log $PY bench/matvec.py
+
+step "decode attention at the real shapes, in CUDA graphs: PyTorch's ops against the Triton kernels" \
+    "${ATTENTION_TIMEOUT:-60}" attention.log $PY bench/attention.py
 
 step "bench, real architecture" "${BENCH_TIMEOUT:-300}" bench.log $PY bench/run.py --real --frames "${FRAMES:-256}" \
     --runs "${RUNS:-2}" --paths "${BENCH_PATHS:-fishs2,official,static,int8,fp8}" --write "$OUT/RESULTS-gpu.md"

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from fishs2.checkpoint import load_model  # noqa: E402
 from fishs2.config import ModelConfig  # noqa: E402
-from fishs2 import matvec  # noqa: E402
+from fishs2 import decode_attention, matvec  # noqa: E402
 from fishs2.generate import FrameDecoder, StaticDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
 from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
 from fishs2.model import AttentionMode, DualAR  # noqa: E402
@@ -194,11 +194,11 @@ def dependent_launch_in_use(device: torch.device) -> bool:
     return dependent_launch_supported(device)
 
 
-def plain_launch_halves(decoder: StaticDecoder) -> list[float]:
-    """`step_halves` of the decoder's graphs captured again with the kernel launched plainly (the same process's
-    baseline for programmatic dependent launch); the graphs are captured as before afterwards."""
+def halves_without(decoder: StaticDecoder, switch) -> list[float]:
+    """`step_halves` of the decoder's graphs captured again inside `switch` (a context that turns one CUDA
+    optimisation off: the same process's baseline for it); the graphs are captured as before afterwards."""
     with torch.inference_mode():  # the decoder's buffers are inference tensors
-        with matvec.dependent_launch(False):
+        with switch:
             decoder.capture()
             seconds = step_halves(decoder)
         decoder.capture()
@@ -459,8 +459,13 @@ def main() -> None:
     results = {name: best_of(r) for name, r in runs.items()}
     halves = {name: step_halves(m.static_decoder) for name, (m, options) in paths.items()
               if (options.get("static") or options.get("cuda_graph")) and m.static_decoder is not None}
-    plain_halves = {name: plain_launch_halves(paths[name][0].static_decoder) for name in halves
-                     if device.type == "cuda" and dependent_launch_in_use(device)}
+    # each CUDA optimisation that can be switched off, against the graphs captured without it
+    switches = {"programmatic dependent launch": lambda: matvec.dependent_launch(False),
+                "the decode-attention kernels": lambda: decode_attention.kernel_enabled(False)}
+    if not dependent_launch_in_use(device):
+        del switches["programmatic dependent launch"]
+    without = {name: {what: halves_without(paths[name][0].static_decoder, switch())
+                      for what, switch in switches.items()} for name in halves if device.type == "cuda"}
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep = {}
     if {"fishs2", "official"} <= chosen:
@@ -507,8 +512,8 @@ def main() -> None:
         lines += ["Where a static step's time goes (mean of 20 calls of each half, "
                   + ("CUDA graph replays" if device.type == "cuda" else "run eagerly") + "):", ""]
         lines += [f"- {name}: slow AR {1000 * slow:.2f} ms, fast AR + sampling {1000 * fast:.2f} ms per frame"
-                  + (" (captured without programmatic dependent launch: {:.2f} ms + {:.2f} ms)".format(
-                      *(1000 * t for t in plain_halves[name])) if name in plain_halves else "")
+                  + "".join(f"; captured without {what}: {1000 * a:.2f} ms + {1000 * b:.2f} ms"
+                            for what, (a, b) in without.get(name, {}).items())
                   for name, (slow, fast) in halves.items()] + [""]
     if args.real and device.type == "cuda":
         lines += goals(results, codec)
