@@ -9,8 +9,8 @@ cache is split into chunks across programs (a sequence's 8 KV heads alone would 
 
 - `_partial_kernel`, one program per (sequence × KV head, chunk): the group's scores over the chunk, their maximum m,
   Σ exp(s − m) and the unnormalised Σ exp(s − m) · v;
-- `_combine_kernel`, one program per sequence × KV head: the chunks rescaled to the global maximum, summed and
-  divided once.
+- `_combine_kernel`, one program per query head and slice of head dims: the chunks rescaled to the global maximum,
+  summed and divided once.
 
 Roundings follow `grouped_attention`'s where it rounds to the activation dtype — the scaled query and the scores
 (the GEMM's output) — except the probabilities: they meet V unnormalised (exp(s − m) of the chunk's running maximum)
@@ -35,6 +35,8 @@ __all__ = ["decode_attention", "split_chunks"]
 BLOCK_L = 32  # keys per step inside a chunk
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter (the CPU tests)
 TARGET_PROGRAMS = 256  # chunks × sequences × KV heads to aim for: about two per SM on an H100
+MAX_WANTED_CHUNKS = 64  # per sequence × KV head, so that the combine loads every chunk's partial at once
+COMBINE_BLOCK_D = 32  # head dims per combine program
 
 
 @triton.jit
@@ -96,40 +98,32 @@ def _partial_kernel(
 @triton.jit
 def _combine_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, SPLITS, out_stride_b, out_stride_h,
-    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+    HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
-    # m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D] → out [B, HKV·G, D] (strided), one program per
-    # sequence × KV head.
-    bh = tl.program_id(0)
+    # m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D] → out [B, HKV·G, D] (strided). Program (i, j):
+    # query head i of all B·HKV·G, head dims j·BLOCK_D …; every chunk's partial loaded at once (one round trip).
+    head = tl.program_id(0)
+    bh = head // G
+    g = head % G
     b = bh // HKV
-    h = bh % HKV
     splits = tl.arange(0, BLOCK_S)
-    g = tl.arange(0, BLOCK_G)
-    d = tl.arange(0, D)
-    rows = bh * SPLITS + splits
     present = splits < SPLITS
-    m = tl.load(m_ptr + rows[:, None] * BLOCK_G + g[None, :], mask=present[:, None], other=float("-inf"))
-    total = tl.load(l_ptr + rows[:, None] * BLOCK_G + g[None, :], mask=present[:, None], other=0.0)
-    top = tl.max(m, axis=0)  # [BLOCK_G]; every head sees at least one key, so finite
-    denominator = tl.sum(total * tl.where(m == float("-inf"), 0.0, tl.exp(m - top[None, :])), axis=0)
-    out = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-    for s in range(0, BLOCK_S):  # chunks past SPLITS weigh nothing
-        row = bh * SPLITS + s
-        m_s = tl.load(m_ptr + row * BLOCK_G + g, mask=s < SPLITS, other=float("-inf"))
-        weight = tl.where(m_s == float("-inf"), 0.0, tl.exp(m_s - top))  # the chunk's share per head
-        o = tl.load(o_ptr + (row * BLOCK_G + g[:, None]) * D + d[None, :], mask=s < SPLITS, other=0.0)
-        out += o * weight[:, None]
-    out = out / denominator[:, None]
-    heads = h * G + g
-    tl.store(out_ptr + b * out_stride_b + heads[:, None] * out_stride_h + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=g[:, None] < G)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rows = (bh * SPLITS + splits) * BLOCK_G + g
+    m = tl.load(m_ptr + rows, mask=present, other=float("-inf"))
+    total = tl.load(l_ptr + rows, mask=present, other=0.0)
+    weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - tl.max(m, axis=0)))  # every head sees a key: finite max
+    o = tl.load(o_ptr + rows[:, None] * D + d[None, :], mask=present[:, None], other=0.0)
+    out = tl.sum(o * weight[:, None], axis=0) / tl.sum(total * weight, axis=0)
+    tl.store(out_ptr + b * out_stride_b + (bh % HKV * G + g) * out_stride_h + d, out.to(out_ptr.dtype.element_ty))
 
 
 def split_chunks(length: int, sequences_heads: int) -> tuple[int, int]:
     """(keys per chunk, chunks) for `length` keys and `sequences_heads` sequences × KV heads: enough chunks to give
     the GPU about TARGET_PROGRAMS programs, each BLOCK_L times a power of two keys long (a compile-time constant:
     a cache that grows by one key per frame compiles the kernel for a few chunk lengths, not for every length)."""
-    wanted = max(1, TARGET_PROGRAMS // sequences_heads)
+    wanted = max(1, min(MAX_WANTED_CHUNKS, TARGET_PROGRAMS // sequences_heads))
     chunk = BLOCK_L * triton.next_power_of_2(triton.cdiv(triton.cdiv(length, wanted), BLOCK_L))
     return chunk, triton.cdiv(length, chunk)
 
@@ -169,6 +163,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
         HKV=Hkv, G=G, D=D, HAS_MASK=flat_mask is not None, BLOCK_G=block_g, BLOCK_L=BLOCK_L, CHUNK=chunk,
         NATIVE_DOT=q.dtype != torch.float32 and not INTERPRETED)
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
-    _combine_kernel[(B * Hkv,)](m, total, partial, out, splits, out.stride(0), out.stride(1),
-                                HKV=Hkv, G=G, D=D, BLOCK_G=block_g, BLOCK_S=triton.next_power_of_2(splits))
+    block_d = min(D, COMBINE_BLOCK_D)
+    _combine_kernel[(B * H, D // block_d)](m, total, partial, out, splits, out.stride(0), out.stride(1),
+                                           HKV=Hkv, G=G, BLOCK_G=block_g, D=D, BLOCK_D=block_d,
+                                           BLOCK_S=triton.next_power_of_2(splits))
     return out

@@ -133,18 +133,20 @@ def test_inputs_are_checked():
 
 
 def test_chunks_cover_the_keys_in_few_compiled_lengths():
-    """Chunks are BLOCK_L × a power of two (one compiled kernel per chunk length), cover every key, and give the GPU
-    about TARGET_PROGRAMS programs: a cache growing one key at a time compiles a handful of kernels."""
-    from fishs2.attention_kernel import BLOCK_L, TARGET_PROGRAMS, split_chunks
+    """Chunks are BLOCK_L × a power of two (one compiled kernel per chunk length), cover every key, give the GPU
+    about TARGET_PROGRAMS programs, and number at most 2 × MAX_WANTED_CHUNKS (what the combine loads at once): a
+    cache growing one key at a time compiles a handful of kernels."""
+    from fishs2.attention_kernel import BLOCK_L, MAX_WANTED_CHUNKS, TARGET_PROGRAMS, split_chunks
 
-    lengths = {}
-    for length in range(1, 33000, 7):
-        chunk, splits = split_chunks(length, 8)
-        assert chunk % BLOCK_L == 0 and (chunk // BLOCK_L) & (chunk // BLOCK_L - 1) == 0
-        assert (splits - 1) * chunk < length <= splits * chunk
-        assert 8 * splits <= 2 * TARGET_PROGRAMS
-        lengths[chunk] = length
-    assert len(lengths) <= 7
+    for heads in (1, 8, 24):  # the tiny model's KV heads, S2 Pro's, three takes of S2 Pro
+        chunks = set()
+        for length in range(1, 33000, 7):
+            chunk, splits = split_chunks(length, heads)
+            assert chunk % BLOCK_L == 0 and (chunk // BLOCK_L) & (chunk // BLOCK_L - 1) == 0
+            assert (splits - 1) * chunk < length <= splits * chunk
+            assert splits <= 2 * MAX_WANTED_CHUNKS and heads * splits <= 2 * max(TARGET_PROGRAMS, heads)
+            chunks.add(chunk)
+        assert len(chunks) <= 8, (heads, sorted(chunks))
     assert split_chunks(228, 8) == (BLOCK_L, 8)  # a short decode: one step per chunk
 
 
@@ -155,7 +157,8 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fishs2.attention_kernel import BLOCK_L, _combine_kernel, _partial_kernel
+    from fishs2.attention_kernel import (BLOCK_L, COMBINE_BLOCK_D, MAX_WANTED_CHUNKS, _combine_kernel,
+                                         _partial_kernel)
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
@@ -171,11 +174,12 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                                                          "NATIVE_DOT")}}
             combine = {"m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "out_ptr": f"*{dtype}", "SPLITS": "i32",
                        "out_stride_b": "i32", "out_stride_h": "i32",
-                       **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_G", "BLOCK_S")}}
+                       **{name: "constexpr" for name in ("HKV", "G", "BLOCK_G", "D", "BLOCK_D", "BLOCK_S")}}
             builds = [(_partial_kernel, partial, {"HKV": 8, "G": 4, "D": 128, "HAS_MASK": mask, "BLOCK_G": 16,
                                                   "BLOCK_L": BLOCK_L, "CHUNK": chunk, "NATIVE_DOT": True})
                       for mask in (False, True) for chunk in (BLOCK_L, 8 * BLOCK_L)]
-            builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "D": 128, "BLOCK_G": 16, "BLOCK_S": 64}))
+            builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "BLOCK_G": 16, "D": 128,
+                                                      "BLOCK_D": COMBINE_BLOCK_D, "BLOCK_S": 2 * MAX_WANTED_CHUNKS}))
             for kernel, signature, constants in builds:
                 aligned = {(i,): [["tt.divisibility", 16]] for i in range(7 if kernel is _partial_kernel else 4)}
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
