@@ -57,7 +57,8 @@ def _partial_kernel(
     BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, NATIVE_DOT: tl.constexpr,
 ):
     # q [B, HKV·G, D] (strided); k, v [B, HKV, capacity ≥ L, D] (last dim contiguous, v with k's strides);
-    # mask [B or 1, L] bool as int8 (read with HAS_MASK); m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D].
+    # mask [B or 1, L] bool as int8 (read with HAS_MASK); m, l [B·HKV, SPLITS, G]; o [B·HKV, SPLITS, G, D]. The
+    # query heads are padded to BLOCK_G rows for tl.dot; only the G real ones are stored.
     bh = tl.program_id(0)
     chunk = tl.program_id(1)
     b = bh // HKV
@@ -89,19 +90,18 @@ def _partial_kernel(
         v = tl.load(v_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
         acc = acc * rescale[:, None] + _dot(p, v, NATIVE_DOT)
         m = m_new
-    row = bh * SPLITS + chunk
-    tl.store(m_ptr + row * BLOCK_G + g, m)
-    tl.store(l_ptr + row * BLOCK_G + g, total)
-    tl.store(o_ptr + (row * BLOCK_G + g[:, None]) * D + d[None, :], acc)
+    row = (bh * SPLITS + chunk) * G + g
+    tl.store(m_ptr + row, m, mask=g < G)
+    tl.store(l_ptr + row, total, mask=g < G)
+    tl.store(o_ptr + row[:, None] * D + d[None, :], acc, mask=g[:, None] < G)
 
 
 @triton.jit
 def _combine_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, SPLITS, out_stride_b, out_stride_h,
-    HKV: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    # m, l [B·HKV, SPLITS, BLOCK_G]; o [B·HKV, SPLITS, BLOCK_G, D] → out [B, HKV·G, D] (strided). Program (i, j):
+    # m, l [B·HKV, SPLITS, G]; o [B·HKV, SPLITS, G, D] → out [B, HKV·G, D] (strided). Program (i, j):
     # query head i of all B·HKV·G, head dims j·BLOCK_D …; every chunk's partial loaded at once (one round trip).
     head = tl.program_id(0)
     bh = head // G
@@ -110,7 +110,7 @@ def _combine_kernel(
     splits = tl.arange(0, BLOCK_S)
     present = splits < SPLITS
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    rows = (bh * SPLITS + splits) * BLOCK_G + g
+    rows = (bh * SPLITS + splits) * G + g
     m = tl.load(m_ptr + rows, mask=present, other=float("-inf"))
     total = tl.load(l_ptr + rows, mask=present, other=0.0)
     weight = tl.where(m == float("-inf"), 0.0, tl.exp(m - tl.max(m, axis=0)))  # every head sees a key: finite max
@@ -152,9 +152,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     G = H // Hkv
     block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
     chunk, splits = split_chunks(length, B * Hkv)
-    m = torch.empty(B * Hkv, splits, block_g, dtype=torch.float32, device=q.device)
+    m = torch.empty(B * Hkv, splits, G, dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
-    partial = torch.empty(B * Hkv, splits, block_g, D, dtype=torch.float32, device=q.device)
+    partial = torch.empty(B * Hkv, splits, G, D, dtype=torch.float32, device=q.device)
     flat_mask = None if mask is None else mask.reshape(mask.shape[0], length).view(torch.int8)
     _partial_kernel[(B * Hkv, splits)](
         q, k, v, q if flat_mask is None else flat_mask, m, total, partial, 1.0 / math.sqrt(D),
@@ -165,6 +165,5 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
     block_d = min(D, COMBINE_BLOCK_D)
     _combine_kernel[(B * H, D // block_d)](m, total, partial, out, splits, out.stride(0), out.stride(1),
-                                           HKV=Hkv, G=G, BLOCK_G=block_g, D=D, BLOCK_D=block_d,
-                                           BLOCK_S=triton.next_power_of_2(splits))
+                                           HKV=Hkv, G=G, D=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits))
     return out

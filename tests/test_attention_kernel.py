@@ -174,12 +174,12 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                                                          "NATIVE_DOT")}}
             combine = {"m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "out_ptr": f"*{dtype}", "SPLITS": "i32",
                        "out_stride_b": "i32", "out_stride_h": "i32",
-                       **{name: "constexpr" for name in ("HKV", "G", "BLOCK_G", "D", "BLOCK_D", "BLOCK_S")}}
+                       **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_D", "BLOCK_S")}}
             builds = [(_partial_kernel, partial, {"HKV": 8, "G": 4, "D": 128, "HAS_MASK": mask, "BLOCK_G": 16,
                                                   "BLOCK_L": BLOCK_L, "CHUNK": chunk, "NATIVE_DOT": True})
                       for mask in (False, True) for chunk in (BLOCK_L, 8 * BLOCK_L)]
-            builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "BLOCK_G": 16, "D": 128,
-                                                      "BLOCK_D": COMBINE_BLOCK_D, "BLOCK_S": 2 * MAX_WANTED_CHUNKS}))
+            builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "D": 128, "BLOCK_D": COMBINE_BLOCK_D,
+                                                      "BLOCK_S": 2 * MAX_WANTED_CHUNKS}))
             for kernel, signature, constants in builds:
                 aligned = {(i,): [["tt.divisibility", 16]] for i in range(7 if kernel is _partial_kernel else 4)}
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
