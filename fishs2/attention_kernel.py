@@ -155,7 +155,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     m = torch.empty(B * Hkv, splits, G, dtype=torch.float32, device=q.device)
     total = torch.empty_like(m)
     partial = torch.empty(B * Hkv, splits, G, D, dtype=torch.float32, device=q.device)
-    flat_mask = None if mask is None else mask.reshape(mask.shape[0], length).view(torch.int8)
+    flat_mask = None if mask is None else mask.reshape(mask.shape[0], length).contiguous().view(torch.int8)
     _partial_kernel[(B * Hkv, splits)](
         q, k, v, q if flat_mask is None else flat_mask, m, total, partial, 1.0 / math.sqrt(D),
         length, splits, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
