@@ -29,23 +29,68 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
-__all__ = ["decode_attention", "split_chunks"]
+__all__ = ["SHORT_KEYS", "decode_attention", "short_attention", "split_chunks"]
 
 BLOCK_L = 32  # keys per step inside a chunk
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's interpreter (the CPU tests)
 TARGET_PROGRAMS = 256  # chunks × sequences × KV heads to aim for: about two per SM on an H100
 MAX_WANTED_CHUNKS = 64  # per sequence × KV head, so that the combine loads every chunk's partial at once
 COMBINE_BLOCK_D = 32  # head dims per combine program
+SHORT_KEYS = 64  # the most keys `short_attention` takes (the fast AR attends to at most 10)
 
 
 @triton.jit
-def _dot(a, b, NATIVE: tl.constexpr):
+def _dot(a, b, ON_GPU: tl.constexpr):
     """a · b with fp32 accumulation for operands holding bf16/fp16 values: on their own tensor cores, or (Triton's
     interpreter, whose dot misreads bf16) converted to fp32, which holds them exactly — the same products."""
-    if NATIVE:
+    if ON_GPU:
         return tl.dot(a, b)
     return tl.dot(a.to(tl.float32), b.to(tl.float32))
+
+
+@triton.jit
+def _softmax(s, ON_GPU: tl.constexpr):
+    """Softmax over the last axis of fp32 scores [rows, keys] as PyTorch's CUDA kernel computes it: exp(s − max)
+    with the accurate expf (libdevice; Triton's own exp is an approximation) over the sum, divided with IEEE
+    rounding. Triton's interpreter has neither, and uses numpy's."""
+    e = s - tl.max(s, axis=1)[:, None]
+    if ON_GPU:
+        e = libdevice.exp(e)
+        return tl.math.div_rn(e, tl.broadcast_to(tl.sum(e, axis=1)[:, None], e.shape))
+    e = tl.exp(e)
+    return e / tl.sum(e, axis=1)[:, None]
+
+
+@triton.jit
+def _short_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, scale, L,
+    q_stride_b, q_stride_h, k_stride_b, k_stride_h, k_stride_l, out_stride_b, out_stride_h,
+    HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr,
+    ON_GPU: tl.constexpr,
+):
+    # The official fast AR's attention (`layers.manual_attention`, no mask) over L ≤ BLOCK_L keys, one program per
+    # sequence × KV head: q [B, HKV·G, D], k, v [B, HKV, ≥ L, D], out [B, HKV·G, D], each rounding to the activation
+    # dtype where the PyTorch ops round — the scores, their scale, the probabilities, the output.
+    bh = tl.program_id(0)
+    b = bh // HKV
+    h = bh % HKV
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, D)
+    keys = tl.arange(0, BLOCK_L)
+    dtype = q_ptr.dtype.element_ty
+    q = tl.load(q_ptr + b * q_stride_b + (h * G + g)[:, None] * q_stride_h + d[None, :], mask=g[:, None] < G,
+                other=0.0)
+    kv = b * k_stride_b + h * k_stride_h + keys[:, None] * k_stride_l + d[None, :]
+    k = tl.load(k_ptr + kv, mask=keys[:, None] < L, other=0.0)
+    s = _dot(q, tl.trans(k), ON_GPU).to(dtype).to(tl.float32)  # the matmul's output
+    s = (s * scale).to(dtype).to(tl.float32)  # times 1/√D in the activation dtype
+    p = _softmax(tl.where(keys[None, :] < L, s, float("-inf")), ON_GPU).to(dtype)
+    v = tl.load(v_ptr + kv, mask=keys[:, None] < L, other=0.0)
+    out = _dot(p, v, ON_GPU)
+    tl.store(out_ptr + b * out_stride_b + (h * G + g)[:, None] * out_stride_h + d[None, :], out.to(dtype),
+             mask=g[:, None] < G)
 
 
 @triton.jit
@@ -54,7 +99,7 @@ def _partial_kernel(
     L, SPLITS,
     q_stride_b, q_stride_h, k_stride_b, k_stride_h, k_stride_l, mask_stride_b,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, NATIVE_DOT: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, ON_GPU: tl.constexpr,
 ):
     # q [B, HKV·G, D] (strided); k, v [B, HKV, capacity ≥ L, D] (last dim contiguous, v with k's strides);
     # mask [B or 1, L] bool as int8 (read with HAS_MASK); m, l [B·HKV, SPLITS, G]; o [B·HKV, SPLITS, G, D]. The
@@ -76,7 +121,7 @@ def _partial_kernel(
         keys = chunk * CHUNK + step * BLOCK_L + tl.arange(0, BLOCK_L)
         inside = keys < L
         k = tl.load(k_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
-        s = _dot(q, tl.trans(k), NATIVE_DOT)  # [BLOCK_G, BLOCK_L]
+        s = _dot(q, tl.trans(k), ON_GPU)  # [BLOCK_G, BLOCK_L]
         s = s.to(q_ptr.dtype.element_ty).to(tl.float32)  # rounded as the GEMM's output is
         visible = inside
         if HAS_MASK:
@@ -88,7 +133,7 @@ def _partial_kernel(
         rescale = tl.exp(m - shift)
         total = total * rescale + tl.sum(p.to(tl.float32), axis=1)  # the weights P·V uses, so they sum to one
         v = tl.load(v_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
-        acc = acc * rescale[:, None] + _dot(p, v, NATIVE_DOT)
+        acc = acc * rescale[:, None] + _dot(p, v, ON_GPU)
         m = m_new
     row = (bh * SPLITS + chunk) * G + g
     tl.store(m_ptr + row, m, mask=g < G)
@@ -128,11 +173,8 @@ def split_chunks(length: int, sequences_heads: int) -> tuple[int, int]:
     return chunk, triton.cdiv(length, chunk)
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q · kᵀ / √D) · v for one query per sequence: q [B, H, 1, D]; k, v [B, Hkv, capacity, D] (a layer's
-    cache; the first `length` slots are attended, H a multiple of Hkv); mask [B or 1, 1, 1, length] bool (True:
-    visible) or None → [B, H, 1, D] in q's dtype (bf16/fp16)."""
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> None:
+    """Raise on a query and cache the kernels cannot take."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     if T != 1 or H % Hkv or k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or not 1 <= length <= k.shape[2]:
@@ -146,6 +188,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
         raise ValueError(f"decode_attention: head_dim must be a power of two ≥ 16, got {D}")
     if k.stride() != v.stride() or k.stride(3) != 1 or q.stride(3) != 1:
         raise ValueError("decode_attention: k and v must share strides, with contiguous head_dim (a KVCache's)")
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q · kᵀ / √D) · v for one query per sequence: q [B, H, 1, D]; k, v [B, Hkv, capacity, D] (a layer's
+    cache; the first `length` slots are attended, H a multiple of Hkv); mask [B or 1, 1, 1, length] bool (True:
+    visible) or None → [B, H, 1, D] in q's dtype (bf16/fp16)."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    _check(q, k, v, length)
     if mask is not None and (mask.dtype != torch.bool or mask.shape[-1] != length or mask.shape[0] not in (1, B)):
         raise ValueError(f"decode_attention: mask must be bool [1 or {B}, 1, 1, {length}], got {mask.dtype} "
                          f"{list(mask.shape)}")
@@ -161,9 +213,26 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
         length, splits, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         0 if flat_mask is None or flat_mask.shape[0] == 1 else flat_mask.stride(0),
         HKV=Hkv, G=G, D=D, HAS_MASK=flat_mask is not None, BLOCK_G=block_g, BLOCK_L=BLOCK_L, CHUNK=chunk,
-        NATIVE_DOT=q.dtype != torch.float32 and not INTERPRETED)
+        ON_GPU=not INTERPRETED)
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
     block_d = min(D, COMBINE_BLOCK_D)
     _combine_kernel[(B * H, D // block_d)](m, total, partial, out, splits, out.stride(0), out.stride(1),
                                            HKV=Hkv, G=G, D=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits))
+    return out
+
+
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
+    """The official fast AR's attention (`layers.manual_attention` without a mask, every product rounded to the
+    activation dtype as there) in one kernel: q [B, H, 1, D] over the first `length` ≤ SHORT_KEYS slots of k, v
+    [B, Hkv, capacity, D] → [B, H, 1, D]."""
+    B, H, _, D = q.shape
+    Hkv = k.shape[1]
+    _check(q, k, v, length)
+    if length > SHORT_KEYS:
+        raise ValueError(f"short_attention: at most {SHORT_KEYS} keys, got {length}")
+    out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
+    _short_kernel[(B * Hkv,)](
+        q, k, v, out, 1.0 / math.sqrt(D), length, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+        out.stride(0), out.stride(1), HKV=Hkv, G=H // Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)),
+        BLOCK_L=max(16, triton.next_power_of_2(length)), ON_GPU=not INTERPRETED)
     return out

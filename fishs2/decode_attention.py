@@ -1,8 +1,11 @@
-"""Which kernel attends a decode step's query over a layer's KV cache: on CUDA in bf16/fp16 the two Triton kernels of
-`fishs2.attention_kernel` (two launches per layer instead of about six), elsewhere `layers.grouped_attention`.
+"""Which kernel attends a decode step's query over a layer's KV cache: on CUDA in bf16/fp16 the Triton kernels of
+`fishs2.attention_kernel`, elsewhere PyTorch's ops.
 
-The slow AR's decode step uses it; the fast AR keeps its official hand-written attention (`layers.manual_attention`),
-and prefill its SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
+- The slow AR (`layers.grouped_attention`'s arithmetic): two kernels per layer instead of about six ops.
+- The fast AR's official hand-written attention (`layers.manual_attention`, over at most 10 keys): one kernel instead
+  of about four, rounding where the ops round.
+
+Prefill keeps SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
 kernel is (`fishs2.matvec`). This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not
 pay for it.
 """
@@ -20,20 +23,22 @@ import torch
 log = logging.getLogger(__name__)
 
 KERNEL_DTYPES = (torch.bfloat16, torch.float16)
+SHORT_KEYS = 64  # fishs2.attention_kernel.SHORT_KEYS: the most keys the fast AR's kernel takes
 _failure: list[str] = []  # why the kernel was given up in this process, if it was
 _enabled = [os.environ.get("FISHS2_DECODE_ATTENTION", "1") != "0"]  # `kernel_enabled`'s setting
 
 
 @functools.cache
-def _import_kernel():
+def _kernels():
+    """(the slow AR's decode attention, the fast AR's short attention) from `fishs2.attention_kernel`, or None."""
     try:
-        from .attention_kernel import decode_attention
-    except ImportError:  # no Triton: grouped_attention instead
+        from .attention_kernel import decode_attention, short_attention
+    except ImportError:  # no Triton: PyTorch's ops instead
         return None
     except Exception as e:  # a Triton too old or too new for the kernels' definitions
         _disable(e)
         return None
-    return decode_attention
+    return decode_attention, short_attention
 
 
 def _disable(error: Exception) -> None:
@@ -55,37 +60,48 @@ def kernel_enabled(enabled: bool) -> Iterator[None]:
         _enabled[0] = before
 
 
-def kernel_takes(q: torch.Tensor, cache_k: torch.Tensor) -> bool:
-    """Whether a decode query q [B, H, 1, D] over `cache_k` [B, Hkv, capacity, D] belongs to the kernels."""
+def kernel_takes(q: torch.Tensor, cache_k: torch.Tensor, length: int, mask: Optional[torch.Tensor],
+                 manual: bool) -> bool:
+    """Whether a decode query q [B, H, 1, D] over the first `length` slots of `cache_k` [B, Hkv, capacity, D] belongs
+    to the kernels; `manual`: the fast AR's official attention (unmasked, at most SHORT_KEYS keys)."""
     D = q.shape[-1]
     return (_enabled[0] and not _failure and q.is_cuda and q.dtype in KERNEL_DTYPES and cache_k.dtype == q.dtype
-            and q.shape[2] == 1 and D >= 16 and D & (D - 1) == 0)
+            and q.shape[2] == 1 and D >= 16 and D & (D - 1) == 0
+            and (not manual or (mask is None and length <= SHORT_KEYS)))
 
 
 def reference(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
-              mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """The same attention in PyTorch's ops (`layers.grouped_attention` over the first `length` slots)."""
-    from .model.layers import grouped_attention
+              mask: Optional[torch.Tensor], manual: bool = False) -> torch.Tensor:
+    """The same attention in PyTorch's ops over the first `length` slots: `layers.manual_attention` (manual) or
+    `layers.grouped_attention`."""
+    from .model.layers import grouped_attention, manual_attention
 
-    return grouped_attention(q, cache_k[:, :, :length], cache_v[:, :, :length], mask)
+    attention = manual_attention if manual else grouped_attention
+    return attention(q, cache_k[:, :, :length], cache_v[:, :, :length], mask)
 
 
 def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
-           mask: Optional[torch.Tensor]) -> torch.Tensor:
+           mask: Optional[torch.Tensor], manual: bool = False) -> torch.Tensor:
     """q [B, H, 1, D] over the first `length` slots of a layer's cache (k, v [B, Hkv, capacity, D]) under `mask`
-    [1 or B, 1, 1, length] (or None) → [B, H, 1, D]: the kernels where `kernel_takes` says so, else `reference`."""
-    kernel = _import_kernel() if kernel_takes(q, cache_k) else None
-    if kernel is not None:
+    [1 or B, 1, 1, length] (or None) → [B, H, 1, D]: the kernels where `kernel_takes` says so, else `reference`.
+    `manual`: the fast AR's official attention."""
+    kernels = _kernels() if kernel_takes(q, cache_k, length, mask, manual) else None
+    if kernels is not None:
         try:
             if q.is_cuda and q.device.index != torch.cuda.current_device():  # Triton launches on the current one
                 with torch.cuda.device(q.device):
-                    return kernel(q, cache_k, cache_v, length, mask)
-            return kernel(q, cache_k, cache_v, length, mask)
+                    return _run(kernels, q, cache_k, cache_v, length, mask, manual)
+            return _run(kernels, q, cache_k, cache_v, length, mask, manual)
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # a Triton that cannot build the kernels for this GPU: PyTorch's ops still work
             _disable(e)
-    return reference(q, cache_k, cache_v, length, mask)
+    return reference(q, cache_k, cache_v, length, mask, manual)
+
+
+def _run(kernels, q, cache_k, cache_v, length, mask, manual):
+    decode, short = kernels
+    return short(q, cache_k, cache_v, length) if manual else decode(q, cache_k, cache_v, length, mask)
 
 
 def _attention_op():
@@ -100,7 +116,7 @@ def _attention_op():
     op = torch.library.custom_op("fishs2::decode_attention", attend, mutates_args=())
 
     @op.register_fake
-    def _(q, cache_k, cache_v, length, mask=None):
+    def _(q, cache_k, cache_v, length, mask=None, manual=False):
         return torch.empty_like(q)
 
     return op
@@ -110,8 +126,8 @@ attention_op = _attention_op()
 
 
 def decode_attention(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length: int,
-                     mask: Optional[torch.Tensor]) -> torch.Tensor:
+                     mask: Optional[torch.Tensor], manual: bool = False) -> torch.Tensor:
     """`attend`, through the opaque op when compiling (inductor would otherwise trace into the Triton launch)."""
     if attention_op is not None and torch.compiler.is_compiling():
-        return attention_op(q, cache_k, cache_v, length, mask)
-    return attend(q, cache_k, cache_v, length, mask)
+        return attention_op(q, cache_k, cache_v, length, mask, manual)
+    return attend(q, cache_k, cache_v, length, mask, manual)

@@ -1,7 +1,8 @@
 """The CUDA decode-attention kernels (`fishs2.attention_kernel`) and their dispatch (`fishs2.decode_attention`): the
-arithmetic on the CPU through Triton's interpreter against `layers.grouped_attention`, the golden model's greedy codes
-with the kernels serving its slow AR's decode attention, the input checks, the chunking and the dispatch rule. The
-same kernels on a GPU are in tests/test_cuda.py."""
+arithmetic on the CPU through Triton's interpreter against `layers.grouped_attention` (the slow AR's) and
+`layers.manual_attention` (the fast AR's), the golden model's greedy codes with the kernels serving every decode-step
+attention, the input checks, the chunking and the dispatch rule. The same kernels on a GPU are in
+tests/test_cuda.py."""
 
 from __future__ import annotations
 
@@ -73,21 +74,59 @@ def test_kernels_match_grouped_attention_through_the_interpreter():
     assert worst["bf16 excess"] < 2**-6, worst
 
 
+SHORT = textwrap.dedent("""
+    import json, torch
+    from fishs2.attention_kernel import short_attention
+    from fishs2.model.layers import manual_attention
+    gen = torch.Generator().manual_seed(1)
+    worst = {"fp32": 0.0, "bf16 excess": 0.0}
+    for B, Hkv, G, L, capacity in ((1, 2, 4, 1, 10), (1, 2, 4, 7, 10), (2, 8, 4, 10, 10), (1, 1, 2, 33, 40),
+                                   (1, 2, 1, 64, 64)):
+        D = 64
+        for dtype in (torch.float32, torch.bfloat16):
+            q = (torch.randn(B, Hkv * G, 1, D, generator=gen) * 2).to(dtype)
+            k, v = (torch.randn(B, Hkv, capacity, D, generator=gen).to(dtype) for _ in range(2))
+            exact = manual_attention(q.double(), k[:, :, :L].double(), v[:, :, :L].double(), None)
+            out = short_attention(q, k, v, L)
+            assert out.dtype == dtype and out.shape == q.shape
+            scale = exact.abs().max()
+            err = ((out.double() - exact).abs().max() / scale).item()
+            if dtype == torch.float32:
+                worst["fp32"] = max(worst["fp32"], err)
+            else:
+                ops = ((manual_attention(q, k[:, :, :L], v[:, :, :L], None).double() - exact).abs().max() / scale)
+                worst["bf16 excess"] = max(worst["bf16 excess"], err - 2 * ops.item())
+    print(json.dumps(worst))
+""")
+
+
+def test_short_kernel_matches_manual_attention_through_the_interpreter():
+    """The fast AR's kernel against `manual_attention` (the official hand-written attention): fp32 up to summation
+    order; bf16 within twice the ops' own error plus two bf16 steps (the interpreter truncates at each of its four
+    roundings; tests/test_cuda.py holds the GPU to ≥ 95% bit-identical outputs)."""
+    worst = interpreted(SHORT)
+    assert worst["fp32"] < 1e-5, worst
+    assert worst["bf16 excess"] < 2**-6, worst
+
+
 MODEL = textwrap.dedent("""
     import json, torch
     from fishs2 import decode_attention
     from tests.test_fused_decode import golden_engine
     from tests.test_perf_paths import GOLDEN, segments
 
-    calls = []
-    kernel = decode_attention._import_kernel()
+    calls, short_calls = [], []
+    decode, short = decode_attention._kernels()
     def counted(q, k, v, length, mask):
         calls.append((length, mask is None))
-        return kernel(q, k, v, length, mask)
+        return decode(q, k, v, length, mask)
+    def counted_short(q, k, v, length):
+        short_calls.append(length)
+        return short(q, k, v, length)
 
     # the golden model is fp32 on the CPU: let the kernels (interpreted) take its decode queries
-    decode_attention.kernel_takes = lambda q, cache_k: q.shape[2] == 1
-    decode_attention._import_kernel = lambda: counted
+    decode_attention.kernel_takes = lambda q, cache_k, length, mask, manual: q.shape[2] == 1
+    decode_attention._kernels = lambda: (counted, counted_short)
     engine = golden_engine()
     equal = {}
     for name in ("plain", "dialogue"):
@@ -96,15 +135,17 @@ MODEL = textwrap.dedent("""
             equal[f"{name} static={static}"] = all(
                 torch.equal(g, GOLDEN[f"{name}/greedy/batch{b}.yielded_codes"]) for b, g in enumerate(got))
     print(json.dumps({"equal": equal, "calls": len(calls), "masked": sum(not none for _, none in calls),
-                      "failure": decode_attention._failure}))
+                      "short": sorted(set(short_calls)), "failure": decode_attention._failure}))
 """)
 
 
 def test_kernels_in_the_model_give_the_official_codes():
-    """The kernels (Triton's interpreter, fp32) serving every decode-step attention of the golden model's slow AR,
-    dynamic (no mask, the filled slots) and static (the whole cache under a mask): the official greedy codes."""
+    """The kernels (Triton's interpreter, fp32) serving every decode-step attention of the golden model — the slow
+    AR's dynamic (no mask, the filled slots) and static (the whole cache under a mask), the fast AR's over its 1 … 10
+    positions: the official greedy codes."""
     result = interpreted(MODEL)
     assert result["failure"] == [] and result["calls"] > 0 and 0 < result["masked"] < result["calls"]
+    assert result["short"] == list(range(1, 11))
     assert all(result["equal"].values()), result["equal"]
 
 
@@ -130,6 +171,13 @@ def test_inputs_are_checked():
         decode_attention(q, k, k, 10, torch.ones(1, 1, 1, 9, dtype=torch.bool))
     with pytest.raises(ValueError, match="mask must be bool"):
         decode_attention(q, k, k, 10, torch.ones(1, 1, 1, 10))
+    from fishs2.attention_kernel import SHORT_KEYS, short_attention
+
+    long = torch.zeros(1, 2, 2 * SHORT_KEYS, 32, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=f"at most {SHORT_KEYS} keys"):
+        short_attention(q, long, long, SHORT_KEYS + 1)
+    with pytest.raises(ValueError, match="share a dtype"):
+        short_attention(q, k, k.half(), 10)
 
 
 def test_chunks_cover_the_keys_in_few_compiled_lengths():
@@ -151,14 +199,15 @@ def test_chunks_cover_the_keys_in_few_compiled_lengths():
 
 
 def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
-    """Both kernels compiled ahead of time for Ampere and Hopper at the real architecture's shapes (8 KV heads of 4
-    query heads, head_dim 128), bf16 and fp16: the products on tensor cores (mma), no register spills (ptxas)."""
+    """The kernels compiled ahead of time for Ampere and Hopper at the real architecture's shapes (8 KV heads of 4
+    query heads, head_dim 128), bf16 and fp16: the products on tensor cores (mma), no register spills (ptxas); the
+    fast AR's softmax with the IEEE division its PyTorch kernel uses."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from fishs2.attention_kernel import (BLOCK_L, COMBINE_BLOCK_D, MAX_WANTED_CHUNKS, _combine_kernel,
-                                         _partial_kernel)
+                                         _partial_kernel, _short_kernel)
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
@@ -171,22 +220,31 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                        **{name: "i32" for name in ("L", "SPLITS", "q_stride_b", "q_stride_h", "k_stride_b",
                                                    "k_stride_h", "k_stride_l", "mask_stride_b")},
                        **{name: "constexpr" for name in ("HKV", "G", "D", "HAS_MASK", "BLOCK_G", "BLOCK_L", "CHUNK",
-                                                         "NATIVE_DOT")}}
+                                                         "ON_GPU")}}
             combine = {"m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "out_ptr": f"*{dtype}", "SPLITS": "i32",
                        "out_stride_b": "i32", "out_stride_h": "i32",
                        **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_D", "BLOCK_S")}}
             builds = [(_partial_kernel, partial, {"HKV": 8, "G": 4, "D": 128, "HAS_MASK": mask, "BLOCK_G": 16,
-                                                  "BLOCK_L": BLOCK_L, "CHUNK": chunk, "NATIVE_DOT": True})
+                                                  "BLOCK_L": BLOCK_L, "CHUNK": chunk, "ON_GPU": True})
                       for mask in (False, True) for chunk in (BLOCK_L, 8 * BLOCK_L)]
             builds.append((_combine_kernel, combine, {"HKV": 8, "G": 4, "D": 128, "BLOCK_D": COMBINE_BLOCK_D,
                                                       "BLOCK_S": 2 * MAX_WANTED_CHUNKS}))
+            short = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "out_ptr": f"*{dtype}",
+                     "scale": "fp32", **{name: "i32" for name in ("L", "q_stride_b", "q_stride_h", "k_stride_b",
+                                                                 "k_stride_h", "k_stride_l", "out_stride_b",
+                                                                 "out_stride_h")},
+                     **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_G", "BLOCK_L", "ON_GPU")}}
+            builds.append((_short_kernel, short, {"HKV": 8, "G": 4, "D": 128, "BLOCK_G": 16, "BLOCK_L": 16,
+                                                  "ON_GPU": True}))
             for kernel, signature, constants in builds:
                 aligned = {(i,): [["tt.divisibility", 16]] for i in range(7 if kernel is _partial_kernel else 4)}
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
                                                     attrs=aligned), target=GPUTarget("cuda", arch, 32))
                 ptx = compiled.asm["ptx"]
-                if kernel is _partial_kernel:
+                if kernel is not _combine_kernel:
                     assert re.search(r"\bw?mma", ptx), (arch, dtype, constants)
+                if kernel is _short_kernel:  # IEEE division as PyTorch's softmax, not div.full's approximation
+                    assert re.search(r"div\.rn(\.ftz)?\.f32", ptx) and "div.full.f32" not in ptx, (arch, dtype)
                 (tmp_path / "kernel.ptx").write_text(ptx)
                 report = subprocess.run([str(ptxas), "-v", f"-arch={sm}", str(tmp_path / "kernel.ptx"), "-o",
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
@@ -204,16 +262,30 @@ class _CudaQuery:
 def test_kernel_takes_decode_queries_in_bf16_and_fp16_on_cuda():
     from fishs2 import decode_attention
 
-    cache = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16)
-    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
-    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.float16), cache.half())
-    assert not decode_attention.kernel_takes(_CudaQuery(4, 128, torch.bfloat16), cache)  # prefill: SDPA
-    assert not decode_attention.kernel_takes(_CudaQuery(1, 128, torch.float32), cache.float())  # golden numerics
-    assert not decode_attention.kernel_takes(_CudaQuery(1, 96, torch.bfloat16), cache)
-    assert not decode_attention.kernel_takes(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16), cache)  # CPU
+    cache, mask = torch.zeros(1, 8, 4, 128, dtype=torch.bfloat16), torch.ones(1, 1, 1, 100, dtype=torch.bool)
+
+    def takes(query, cache=cache, length=100, mask=None, manual=False):
+        return decode_attention.kernel_takes(query, cache, length, mask, manual)
+
+    assert takes(_CudaQuery(1, 128, torch.bfloat16)) and takes(_CudaQuery(1, 128, torch.bfloat16), mask=mask)
+    assert takes(_CudaQuery(1, 128, torch.float16), cache.half())
+    assert not takes(_CudaQuery(4, 128, torch.bfloat16))  # prefill: SDPA
+    assert not takes(_CudaQuery(1, 128, torch.float32), cache.float())  # golden numerics
+    assert not takes(_CudaQuery(1, 96, torch.bfloat16))
+    assert not takes(torch.zeros(1, 32, 1, 128, dtype=torch.bfloat16))  # on the CPU
+    # the fast AR's attention: unmasked, at most SHORT_KEYS keys
+    assert takes(_CudaQuery(1, 128, torch.bfloat16), length=10, manual=True)
+    assert not takes(_CudaQuery(1, 128, torch.bfloat16), length=decode_attention.SHORT_KEYS + 1, manual=True)
+    assert not takes(_CudaQuery(1, 128, torch.bfloat16), length=10, mask=mask[..., :10], manual=True)
     with decode_attention.kernel_enabled(False):
-        assert not decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
-    assert decode_attention.kernel_takes(_CudaQuery(1, 128, torch.bfloat16), cache)
+        assert not takes(_CudaQuery(1, 128, torch.bfloat16))
+    assert takes(_CudaQuery(1, 128, torch.bfloat16))
+
+
+def test_short_keys_constant_matches_the_kernel():
+    from fishs2 import attention_kernel, decode_attention
+
+    assert decode_attention.SHORT_KEYS == attention_kernel.SHORT_KEYS
 
 
 def test_cpu_decode_never_imports_triton():
@@ -252,12 +324,16 @@ def test_compiled_blocks_attend_through_the_op(monkeypatch, tmp_path):
     copies = [m for name, m in sys.modules.items()
               if name == "fishs2.decode_attention" or name.endswith(".fishs2.decode_attention")]
     for copy in copies:  # the node-pack tests import the engine a second time under the pack's name
-        def kernel(q, k, v, length, mask, reference=copy.reference):
+        def kernel(q, k, v, length, mask=None, reference=copy.reference):
             calls.append(torch.compiler.is_compiling())
             return reference(q, k, v, length, mask)
 
-        monkeypatch.setattr(copy, "kernel_takes", lambda q, cache_k: q.shape[2] == 1)
-        monkeypatch.setattr(copy, "_import_kernel", lambda kernel=kernel: kernel)
+        def short(q, k, v, length, reference=copy.reference):
+            calls.append(torch.compiler.is_compiling())
+            return reference(q, k, v, length, None, manual=True)
+
+        monkeypatch.setattr(copy, "kernel_takes", lambda q, cache_k, length, mask, manual: q.shape[2] == 1)
+        monkeypatch.setattr(copy, "_kernels", lambda kernel=kernel, short=short: (kernel, short))
     torch._dynamo.reset()  # blocks compiled by earlier tests hold no guard on the patched dispatch rule
     engine = golden_engine(tmp_path / "inductor")
     name, mode = "dialogue_two_batches", "sampled"

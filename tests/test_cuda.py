@@ -310,6 +310,26 @@ def test_decode_attention_kernels_at_real_shapes():
         assert error <= 1.25 * ops + 2**-11, (batch, capacity, length, kind, error, ops)
 
 
+def test_short_attention_kernel_rounds_like_manual_attention():
+    """The fast AR's attention kernel (32 query heads over 8 KV heads, head_dim 128, bf16, 1 … 10 keys) against
+    `manual_attention`'s PyTorch ops: the same roundings in the same places, so at least 95% of outputs
+    bit-identical and the rest within one bf16 step (summation order)."""
+    pytest.importorskip("triton")
+    from fishs2.attention_kernel import short_attention
+    from fishs2.model.layers import manual_attention
+
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    for batch in (1, 3):
+        k, v = (torch.randn(batch, 8, 10, 128, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(2))
+        for length in range(1, 11):
+            q = (torch.randn(batch, 32, 1, 128, device="cuda", generator=gen) * 2).to(torch.bfloat16)
+            expected = manual_attention(q, k[:, :, :length], v[:, :, :length], None).float()
+            out = short_attention(q, k, v, length).float()
+            step = 2.0 ** (torch.floor(torch.log2(expected.abs().clamp(min=1e-6))) - 7)
+            assert (out == expected).float().mean() >= 0.95, (batch, length)
+            assert ((out - expected).abs() <= step + 1e-6).all(), (batch, length)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_decode_rows_on_a_second_gpu():
     """Triton launches on the current device: rows on cuda:1 while cuda:0 is current still run on cuda:1."""
@@ -331,7 +351,8 @@ def test_decode_rows_on_a_second_gpu():
 class Calls(list):
     fused: set
     pdl: set
-    attention: int  # calls of the decode-attention kernels
+    attention: int  # calls of the slow AR's decode-attention kernels
+    short_attention: int  # and of the fast AR's
 
 
 def count_kernel_calls(monkeypatch) -> Calls:
@@ -356,15 +377,19 @@ def count_kernel_calls(monkeypatch) -> Calls:
 
     from fishs2 import decode_attention
 
-    attention = decode_attention._import_kernel()
-    assert attention is not None
-    calls.attention = 0
+    kernels = decode_attention._kernels()
+    assert kernels is not None
+    calls.attention = calls.short_attention = 0
 
     def counted_attention(*args):
         calls.attention += 1
-        return attention(*args)
+        return kernels[0](*args)
 
-    monkeypatch.setattr(decode_attention, "_import_kernel", lambda: counted_attention)
+    def counted_short(*args):
+        calls.short_attention += 1
+        return kernels[1](*args)
+
+    monkeypatch.setattr(decode_attention, "_kernels", lambda: (counted_attention, counted_short))
     return calls
 
 
@@ -404,7 +429,7 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     from fishs2.matvec_kernel import dependent_launch_supported
 
     assert calls.pdl == {dependent_launch_supported(torch.device("cuda"))}  # launched as dependents on Hopper+
-    assert calls.attention > 0  # the slow AR's decode attention, eager and in the graph
+    assert calls.attention > 0 and calls.short_attention > 0  # decode attention, eager and in the graph
 
     calls.clear()
     greedy_segments(model_on_cuda(parts, torch.float32), parts, "plain", seed=3, static=True, cuda_graph=False)
@@ -430,7 +455,7 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
     codes = greedy_segments(model, parts, "plain", seed=3, static=True, cuda_graph=True)
     assert calls and set(calls) == {torch.int8 if int8 else torch.bfloat16} and not matvec._failure
     assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks, through the op
-    assert calls.attention > 0  # decode attention through its op
+    assert calls.attention > 0 and calls.short_attention > 0  # decode attention through its op
     if int8:
         assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)

@@ -184,9 +184,9 @@ class Attention(nn.Module):
         q, k, v = self.split_heads(qkv, rotation)
         cache.write(start, k, v)
         kv_len = mask.shape[-1] if mask is not None else start + T
-        if (T == 1 and isinstance(kv_len, int) and mode.native_gqa and not mode.manual
-                and decode_attention.kernel_takes(q, cache.k)):
-            out = decode_attention.decode_attention(q, cache.k, cache.v, kv_len, mask)  # CUDA: two Triton kernels
+        if (T == 1 and isinstance(kv_len, int) and mode.native_gqa
+                and decode_attention.kernel_takes(q, cache.k, kv_len, mask, mode.manual)):  # CUDA: Triton kernels
+            out = decode_attention.decode_attention(q, cache.k, cache.v, kv_len, mask, mode.manual)
             return out.transpose(1, 2).reshape(B, T, self.config.q_size)
         keys, values = cache.k[:, :, :kv_len], cache.v[:, :, :kv_len]
         causal = mask is None and T > 1
