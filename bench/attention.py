@@ -1,7 +1,8 @@
-"""The slow AR's decode-step attention at the real architecture's shapes (32 query heads over 8 KV heads, head_dim
-128, bf16), a layer at a time: PyTorch's ops (`layers.grouped_attention`, what CUDA used before) against the Triton
-kernels (`fishs2.attention_kernel`), each in a CUDA graph over 36 layers' caches (so L2 does not serve a cache a real
-step reads from memory), with the bytes of K and V read per layer over the time.
+"""Decode-step attention at the real architecture's shapes (32 query heads over 8 KV heads, head_dim 128, bf16), a
+layer at a time: PyTorch's ops against the Triton kernels (`fishs2.attention_kernel`), each in a CUDA graph over 36
+layers' caches (so L2 does not serve a cache a real step reads from memory). The slow AR's (`grouped_attention`, with
+the bytes of K and V read per layer over the time), then the fast AR's official attention over its 1 … 10 keys
+(`manual_attention`).
 
     python bench/attention.py [--rounds 50]
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fishs2 import decode_attention  # noqa: E402
-from fishs2.model.layers import grouped_attention  # noqa: E402
+from fishs2.model.layers import grouped_attention, manual_attention  # noqa: E402
 from matvec import timed  # noqa: E402
 
 LAYERS = 36  # the slow AR's
@@ -55,6 +56,20 @@ def main() -> None:
         print(f"| {length} ({capacity}{', masked' if masked else ''}) | {cells[0]} | {cells[1]} | "
               f"{seconds[0] / seconds[1]:.2f}× |", flush=True)
         del caches
+    print("\nThe fast AR's attention (`manual_attention`), µs per call")
+    print("| keys | PyTorch ops | Triton kernel | kernel vs ops |")
+    print("|---|---:|---:|---:|")
+    caches = [[torch.randn(1, 8, 10, 128, device=device, dtype=dtype, generator=gen) for _ in range(2)]
+              for _ in range(LAYERS)]
+    q = torch.randn(1, 32, 1, 128, device=device, dtype=dtype, generator=gen)
+    for length in (1, 5, 10):
+        with torch.inference_mode():
+            ops = [lambda k=k, v=v: manual_attention(q, k[:, :, :length], v[:, :, :length], None) for k, v in caches]
+            kernels = [lambda k=k, v=v: decode_attention.attend(q, k, v, length, None, manual=True)
+                       for k, v in caches]
+            seconds = [timed(calls, device, args.rounds) for calls in (ops, kernels)]
+        print(f"| {length} | {1e6 * seconds[0]:.1f} | {1e6 * seconds[1]:.1f} | {seconds[0] / seconds[1]:.2f}× |",
+              flush=True)
     if decode_attention._failure:
         print(f"the kernels failed and the second column fell back to the ops: {decode_attention._failure[0]}")
 
