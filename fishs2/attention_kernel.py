@@ -117,22 +117,22 @@ def _partial_kernel(
     m = tl.full((BLOCK_G,), float("-inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-    for step in range(0, CHUNK // BLOCK_L):  # a static count: keys past L are masked (and never read)
+    for step in range(0, CHUNK // BLOCK_L):  # a static count: keys past L are masked
         keys = chunk * CHUNK + step * BLOCK_L + tl.arange(0, BLOCK_L)
-        inside = keys < L
-        k = tl.load(k_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
+        visible = keys < L
+        if HAS_MASK:
+            visible = visible & (tl.load(mask_ptr + b * mask_stride_b + keys, mask=visible, other=0) != 0)
+        # keys the mask hides are never read: a static step's cache is mostly slots not yet filled
+        k = tl.load(k_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=visible[:, None], other=0.0)
         s = _dot(q, tl.trans(k), ON_GPU)  # [BLOCK_G, BLOCK_L]
         s = s.to(q_ptr.dtype.element_ty).to(tl.float32)  # rounded as the GEMM's output is
-        visible = inside
-        if HAS_MASK:
-            visible = visible & (tl.load(mask_ptr + b * mask_stride_b + keys, mask=inside, other=0) != 0)
         s = tl.where(visible[None, :], s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, axis=1))
         shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at zero
         p = tl.exp(s - shift[:, None]).to(v_ptr.dtype.element_ty)  # P in V's dtype, as flash attention has it
         rescale = tl.exp(m - shift)
         total = total * rescale + tl.sum(p.to(tl.float32), axis=1)  # the weights P·V uses, so they sum to one
-        v = tl.load(v_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=inside[:, None], other=0.0)
+        v = tl.load(v_ptr + kv + keys[:, None] * k_stride_l + d[None, :], mask=visible[:, None], other=0.0)
         acc = acc * rescale[:, None] + _dot(p, v, ON_GPU)
         m = m_new
     row = (bh * SPLITS + chunk) * G + g
