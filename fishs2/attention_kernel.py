@@ -1,24 +1,28 @@
-"""One decode query per sequence attending over its KV cache on CUDA, in two Triton kernels (split-K "flash
-decoding"): what `layers.grouped_attention` computes for the slow AR's decode step, with the query heads of a group
-meeting their shared key head.
+"""Decode-step attention on CUDA in Triton kernels: one query per sequence over its layer's KV cache, the query heads
+of a group meeting their shared key head.
 
-`grouped_attention` runs about six kernels per layer (the query's scale, K·qᵀ, the mask, the softmax, the copy of
-the probabilities into the matmul's layout, P·V), and cuBLAS's batched GEMMs for these thin shapes took 6.4 µs each
-on an H200 (bench/GPU-NOTES.md, v3 profile): with 36 slow layers that is about 0.5 ms of a 6 ms frame. Here the
-cache is split into chunks across programs (a sequence's 8 KV heads alone would leave most of the GPU idle):
+The slow AR (`decode_attention`, what `layers.grouped_attention` computes) in two kernels, split-K ("flash
+decoding"). The ops ran about six kernels per layer (the query's scale, K·qᵀ, the mask, the softmax, a copy, P·V),
+and cuBLAS's batched GEMMs for these thin shapes took 6.4 µs each on an H200 (bench/GPU-NOTES.md, v3 profile):
+about 0.5 ms of a 6 ms frame over 36 layers. A sequence's 8 KV heads alone would leave most of the GPU idle, so the
+cache is split into chunks across programs:
 
 - `_partial_kernel`, one program per (sequence × KV head, chunk): the group's scores over the chunk, their maximum m,
-  Σ exp(s − m) and the unnormalised Σ exp(s − m) · v;
+  Σ exp(s − m) and the unnormalised Σ exp(s − m) · v; keys the mask hides are never loaded;
 - `_combine_kernel`, one program per query head and slice of head dims: the chunks rescaled to the global maximum,
   summed and divided once.
 
-Roundings follow `grouped_attention`'s where it rounds to the activation dtype — the scaled query and the scores
-(the GEMM's output) — except the probabilities: they meet V unnormalised (exp(s − m) of the chunk's running maximum)
-and rounded to V's dtype, as flash attention does, since normalising first would need the global maximum before
-the first product; the denominator sums those same rounded weights. The sums are fp32 and the output is rounded
-once. Results differ from `grouped_attention` in the
-last step of some outputs, as two attention backends do (tests/test_attention_kernel.py bounds it on the CPU,
-tests/test_cuda.py on the GPU).
+The scaled query and the scores are rounded to the activation dtype where `grouped_attention` rounds them. The
+probabilities meet V unnormalised (exp(s − m) of the chunk's running maximum) and rounded to V's dtype, as in flash
+attention, since normalising first would need the global maximum before the first product; the denominator sums
+those same rounded weights, and the output is rounded once. So the last step of some outputs differs from the ops',
+as between two attention backends.
+
+The fast AR (`short_attention`, the official hand-written `layers.manual_attention` over at most 10 keys) in one
+kernel, one program per sequence × KV head, rounding where the ops round: the scores, their scale, the softmax (with
+the accurate exp and IEEE division of PyTorch's kernel), the output.
+
+Tests: tests/test_attention_kernel.py (Triton's interpreter, ahead-of-time compiles), tests/test_cuda.py (the GPU).
 """
 
 from __future__ import annotations
