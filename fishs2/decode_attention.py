@@ -117,7 +117,7 @@ def _attention_op():
 
     @op.register_fake
     def _(q, cache_k, cache_v, length, mask=None, manual=False):
-        return torch.empty_like(q)
+        return q.new_empty(q.shape)  # contiguous, as every path returns it (q itself is a strided view)
 
     return op
 
