@@ -342,3 +342,19 @@ def test_compiled_blocks_attend_through_the_op(monkeypatch, tmp_path):
         assert all(torch.equal(g, GOLDEN[f"{name}/{mode}/batch{b}.yielded_codes"]) for b, g in enumerate(got))
     torch._dynamo.reset()  # nor would the code compiled here on the real rule, for later tests
     assert calls and not any(calls)
+
+
+def test_op_schema_and_fake_agree_with_the_real_op():
+    """`fishs2::decode_attention` under `torch.library.opcheck` (schema, fake tensor, AOT dispatch), both modes, with
+    the strided query `split_heads` produces."""
+    from fishs2 import decode_attention
+
+    if decode_attention.attention_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    q = torch.randn(2, 1, 8, 32)[:, :, :4].transpose(1, 2)  # [2, 4, 1, 32], a view of the wqkv output
+    k, v = torch.randn(2, 2, 16, 32), torch.randn(2, 2, 16, 32)
+    mask = torch.rand(2, 1, 1, 10) < 0.8
+    mask[..., -1] = True
+    for args in ((q, k, v, 10, mask, False), (q, k, v, 10, None, True)):
+        result = torch.library.opcheck(decode_attention.attention_op, args)
+        assert all(outcome == "SUCCESS" for outcome in result.values()), result
