@@ -21,7 +21,7 @@ from .errors import ParameterError, TextError
 from .model import AttentionMode, DualAR
 from .model.layers import KVCache, rope_table
 from .prompt import Exchange, PromptBuilder, Reference
-from .sampling import RAS_WINDOW, DeviceSampling, FrameUniforms, SamplingParams, rank, sample
+from .sampling import RAS_WINDOW, DeviceSampling, FrameUniforms, SamplingParams, draw_uniforms, sample, sample_main
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +149,18 @@ def sample_frame(
     `slow_step` returns them, −inf at the ids a frame cannot take.
 
     RNG order per frame, per sequence: main token, RAS alternative, then codebooks 1 … K−1 — drawn here from
-    `generators`, or read from `uniforms` that `FrameUniforms.draw` filled in that order.
+    `generators`, or read from `uniforms` that `FrameUniforms.draw` filled in that order. With `head_rows` the
+    slow tokens are drawn over the allowed ids only (`sample_main`).
     """
     cfg = model.config
     if isinstance(params, SamplingParams):
         params = DeviceSampling.of(params, cfg, logits.dtype, logits.device)
-    tokens = (None, None) if uniforms is None else (uniforms.tokens[:, 0], uniforms.tokens[:, 1])
-    ranked = rank(logits)
-    main = sample(logits, params.temperature, params.cut, generators, tokens[0], ranked)
-    alternative = sample(logits, params.ras_temperature, params.ras_cut, generators, tokens[1], ranked)
+    if uniforms is None:
+        tokens = [draw_uniforms(generators, logits.shape[-1], logits.dtype, logits.device) for _ in range(2)]
+    else:
+        tokens = [uniforms.tokens[:, 0], uniforms.tokens[:, 1]]
+    columns = None if state.head_rows is None else state.allowed_ids
+    main, alternative = sample_main(logits, params, tokens, columns)
     if window is not None:
         repeated = (window == main[:, None]).any(dim=-1)
         semantic = (main >= cfg.semantic_begin_id) & (main <= cfg.semantic_end_id)

@@ -79,6 +79,8 @@ def sample(
     as `DeviceSampling` holds it), which keeps the function free of host → device copies and host reads.
     """
     dtype = logits.dtype
+    if uniforms is None:
+        uniforms = draw_uniforms(generators, logits.shape[-1], dtype, logits.device)
     cumulative, sorted_ids = rank(logits) if ranked is None else ranked
     remove = cumulative > cut  # by rank; then mapped back to vocabulary order
     remove = remove.scatter(-1, sorted_ids, remove)
@@ -87,13 +89,40 @@ def sample(
         temperature = clamp_temperature(temperature, dtype, logits.device)
     logits = logits / temperature
     probs = torch.softmax(logits, dim=-1)
-    if uniforms is None:
-        uniforms = torch.stack(
-            [torch.rand(probs.shape[-1], generator=g, dtype=dtype, device=probs.device) for g in generators]
-        )
     # argmax(p / −log u), the exponential race, written as argmin(p / log u): the quotients are exact negations and
     # both return the first index on ties, so the tokens are identical with one kernel fewer.
     return torch.argmin(probs / torch.log(uniforms), dim=-1)
+
+
+def sample_main(logits: torch.Tensor, params: "DeviceSampling", uniforms: list[torch.Tensor],
+                columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A frame's two slow-token draws from logits [B, V] (−inf at the ids a frame cannot take) and their uniforms
+    (two [B, V]) → (main token, RAS alternative), ids [B] each: one ranking, then `sample` with the user's settings
+    and with RAS's.
+
+    `columns` [R]: the allowed ids, ascending, when every other logit is −inf. The other ids have probability 0, so
+    the draws over these columns alone pick the same tokens, while the sort, the softmaxes and the race cost R
+    entries instead of V (4097 instead of 155 776). The uniforms are still drawn full-width by the caller: the
+    generators advance as the official draw advances them. Tokens can differ only among equal logits at the
+    cut, where an unstable sort (the CPU's) may order the tie differently in a row of another width.
+    """
+    cut, ras_cut = params.cut, params.ras_cut
+    if columns is not None:
+        logits = logits.index_select(-1, columns)
+        uniforms = [u.index_select(-1, columns) for u in uniforms]
+        cut, ras_cut = cut[: columns.shape[0]], ras_cut[: columns.shape[0]]  # thresholds by rank: a prefix
+    ranked = rank(logits)
+    main = sample(logits, params.temperature, cut, None, uniforms[0], ranked)
+    alternative = sample(logits, params.ras_temperature, ras_cut, None, uniforms[1], ranked)
+    if columns is None:
+        return main, alternative
+    return columns[main], columns[alternative]
+
+
+def draw_uniforms(generators: list[torch.Generator], size: int, dtype: torch.dtype,
+                  device: torch.device | str) -> torch.Tensor:
+    """`size` uniforms from each sequence's generator → [B, size]: one official draw's randomness."""
+    return torch.stack([torch.rand(size, generator=g, dtype=dtype, device=device) for g in generators])
 
 
 class FrameUniforms:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fishs2.sampling import DeviceSampling, SamplingParams, clamp_temperature, cut_thresholds, make_generators, rank, sample
+from fishs2.sampling import (
+    DeviceSampling, SamplingParams, clamp_temperature, cut_thresholds, make_generators, rank, sample, sample_main,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.sampling import official_sample  # noqa: E402
@@ -55,3 +57,51 @@ def test_device_sampling_refills_in_place():
     assert [t.data_ptr() for t in (held.temperature, held.cut, held.ras_cut, held.code_cut)] == addresses
     for name in ("temperature", "ras_temperature", "cut", "ras_cut", "code_cut"):
         assert torch.equal(getattr(held, name), getattr(fresh, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_draw_over_the_allowed_ids_picks_the_full_vocabulary_token(dtype):
+    """The decode step's slow draws over the allowed ids only (`columns`) against the same draws over the whole
+    vocabulary, −inf elsewhere: the real layout's shape (a semantic block and `<|im_end|>` below it), settings
+    from greedy to wide. fp32: the same tokens. bf16: where they differ, only the order of a tie did."""
+    vocab, begin, codes, eos = 3000, 2100, 512, 1900
+    columns = torch.cat([torch.tensor([eos]), torch.arange(begin, begin + codes)])
+    config = type("Config", (), {"vocab_size": vocab, "codebook_size": codes})()
+    differ = 0
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        params = DeviceSampling.of(SamplingParams(0.2 + seed / 25, (0.5, 0.8, 0.95, 1.0)[seed % 4],
+                                                  (1, 30, 200, 5000)[seed // 10]), config, dtype, "cpu")
+        logits = torch.full((3, vocab), float("-inf"))
+        logits[:, columns] = torch.randn(3, columns.numel(), generator=g) * (1, 3, 8)[seed % 3]
+        logits = logits.to(dtype)
+        uniforms = [torch.rand(3, vocab, generator=g, dtype=dtype) for _ in range(2)]
+        full = sample_main(logits, params, uniforms)
+        allowed = sample_main(logits, params, uniforms, columns)
+        for a, b in zip(full, allowed):
+            assert torch.isin(b, columns).all()
+            if dtype == torch.float32:
+                assert torch.equal(a, b), seed
+            else:
+                changed = a != b
+                differ += int(changed.sum())
+                assert torch.equal(logits[changed, a[changed]], logits[changed, b[changed]]), seed
+    assert differ < 0.05 * 40 * 3 * 2
+
+
+def test_draw_over_the_allowed_ids_never_picks_a_token_outside_them():
+    """A mapping bug (ranks taken for ids, a cut of the wrong width) shows as an id that is not allowed, or as a
+    different token where the allowed logits are all distinct."""
+    vocab, columns = 64, torch.tensor([3, 10, 11, 12, 40])
+    config = type("Config", (), {"vocab_size": vocab, "codebook_size": 8})()
+    params = DeviceSampling.of(SamplingParams(1.0, 1.0, 100), config, torch.float32, "cpu")
+    logits = torch.full((1, vocab), float("-inf"))
+    logits[0, columns] = torch.tensor([0.0, 5.0, 1.0, 2.0, 9.0])
+    hits = torch.zeros(vocab)
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        uniforms = [torch.rand(1, vocab, generator=g) for _ in range(2)]
+        main, alternative = sample_main(logits, params, uniforms, columns)
+        assert torch.equal(main, sample_main(logits, params, uniforms)[0])
+        hits[main] += 1
+    assert hits[columns].sum() == 300 and hits[40] > hits[10] > hits[12]  # e^9 ≫ e^5 ≫ e^2
