@@ -5,6 +5,9 @@
 - The fast AR's official hand-written attention (`layers.manual_attention`, over at most 10 keys): one kernel instead
   of about four, rounding where the ops round.
 
+- Before either, the step's heads (`fishs2.heads_kernel`): QK-norm, RoPE and the cache write in one kernel per
+  layer instead of about eight ops (five in the fast AR), outside compiled blocks, which fuse them already.
+
 Prefill keeps SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
 kernel is (`fishs2.matvec`). This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not
 pay for it.
@@ -26,6 +29,8 @@ KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 SHORT_KEYS = 64  # fishs2.attention_kernel.SHORT_KEYS: the most keys the fast AR's kernel takes
 _failure: list[str] = []  # why the kernel was given up in this process, if it was
 _enabled = [os.environ.get("FISHS2_DECODE_ATTENTION", "1") != "0"]  # `kernel_enabled`'s setting
+_heads_failure: list[str] = []  # the same for the heads kernel
+_heads_enabled = [os.environ.get("FISHS2_DECODE_HEADS", "1") != "0"]  # `heads_kernel_enabled`'s setting
 
 
 @functools.cache
@@ -41,10 +46,62 @@ def _kernels():
     return decode_attention, short_attention
 
 
-def _disable(error: Exception) -> None:
-    _failure.append(f"{type(error).__name__}: {error}")
-    log.warning("fishs2: the CUDA decode-attention kernel failed (%s); decode attention goes through PyTorch's ops "
-                "instead", _failure[0])
+def _disable(error: Exception, failures: list[str] = _failure, what: str = "decode-attention") -> None:
+    failures.append(f"{type(error).__name__}: {error}")
+    log.warning("fishs2: the CUDA %s kernel failed (%s); it goes through PyTorch's ops instead", what, failures[0])
+
+
+@functools.cache
+def _heads_kernel():
+    """`fishs2.heads_kernel.prepare_heads`, or None."""
+    try:
+        from .heads_kernel import prepare_heads
+    except ImportError:
+        return None
+    except Exception as e:
+        _disable(e, _heads_failure, "decode-heads")
+        return None
+    return prepare_heads
+
+
+@contextlib.contextmanager
+def heads_kernel_enabled(enabled: bool) -> Iterator[None]:
+    """Within the block, whether uncompiled CUDA decode steps prepare their heads in the Triton kernel (on unless
+    the environment sets FISHS2_DECODE_HEADS=0). A CUDA graph keeps the choice it was captured with."""
+    before = _heads_enabled[0]
+    _heads_enabled[0] = enabled
+    try:
+        yield
+    finally:
+        _heads_enabled[0] = before
+
+
+def heads_kernel_takes(qkv: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> bool:
+    """Whether a decode position's projection qkv [B, 1, …] and its layer's caches belong to the heads kernel:
+    CUDA, bf16/fp16, a power-of-two head_dim ≥ 16, caches of one layout, outside a compile."""
+    D = cache_k.shape[-1]
+    return (_heads_enabled[0] and not _heads_failure and qkv.is_cuda and qkv.dtype in KERNEL_DTYPES
+            and cache_k.dtype == qkv.dtype and cache_v.dtype == qkv.dtype and cache_k.stride() == cache_v.stride()
+            and cache_k.stride(-1) == 1 and qkv.shape[1] == 1 and qkv.stride(-1) == 1 and D >= 16
+            and D & (D - 1) == 0 and not torch.compiler.is_compiling())
+
+
+def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                  slot: int | torch.Tensor, n_head: int, q_norm: Optional[torch.Tensor],
+                  k_norm: Optional[torch.Tensor], eps: float) -> Optional[torch.Tensor]:
+    """`fishs2.heads_kernel.prepare_heads` (q [B, n_head, 1, D]; k and v written to the caches), or None when the
+    kernel is missing or failed: the caller then takes PyTorch's ops (`layers.Attention.split_heads`)."""
+    kernel = _heads_kernel()
+    if kernel is None:
+        return None
+    try:
+        with torch.cuda.device(qkv.device):  # Triton launches on the current device
+            return kernel(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # a Triton that cannot build the kernel for this GPU
+        _disable(e, _heads_failure, "decode-heads")
+        return None
 
 
 @contextlib.contextmanager

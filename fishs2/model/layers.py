@@ -181,8 +181,14 @@ class Attention(nn.Module):
         """The wqkv projection [B, T, q + 2·kv] → the attention output before wo [B, T, q_size]; writes k and v to
         the cache (see `forward`)."""
         B, T, _ = qkv.shape
-        q, k, v = self.split_heads(qkv, rotation)
-        cache.write(start, k, v)
+        q = None
+        if T == 1 and mode.native_gqa and decode_attention.heads_kernel_takes(qkv, cache.k, cache.v):  # CUDA
+            norms = (self.q_norm.weight, self.k_norm.weight) if self.config.qk_norm else (None, None)
+            q = decode_attention.prepare_heads(qkv, rotation, cache.k, cache.v, start, self.config.n_head, *norms,
+                                               self.eps)
+        if q is None:
+            q, k, v = self.split_heads(qkv, rotation)
+            cache.write(start, k, v)
         kv_len = mask.shape[-1] if mask is not None else start + T
         if (T == 1 and isinstance(kv_len, int) and mode.native_gqa
                 and decode_attention.kernel_takes(q, cache.k, kv_len, mask, mode.manual)):  # CUDA: Triton kernels
