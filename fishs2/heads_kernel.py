@@ -23,7 +23,7 @@ import triton.language as tl
 __all__ = ["prepare_heads"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["slot"])  # one compiled kernel for every slot (Triton would specialise 1, 16·n)
 def _heads_kernel(
     qkv_ptr, q_norm_ptr, k_norm_ptr, rotation_ptr, cache_k_ptr, cache_v_ptr, q_ptr, slot_ptr, slot, eps,
     qkv_stride_b, rotation_stride_b, cache_stride_b, cache_stride_h, cache_stride_l,
