@@ -6,7 +6,8 @@
   of about four, rounding where the ops round.
 
 - Before either, the step's heads (`fishs2.heads_kernel`): QK-norm, RoPE and the cache write in one kernel per
-  layer instead of about eight ops (five in the fast AR), outside compiled blocks, which fuse them already.
+  layer instead of about eight ops (five in the fast AR); compiled static steps through the op
+  `fishs2::decode_heads`, which writes the caches in place.
 
 Prefill keeps SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
 kernel is (`fishs2.matvec`). This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not
@@ -66,8 +67,9 @@ def _heads_kernel():
 
 @contextlib.contextmanager
 def heads_kernel_enabled(enabled: bool) -> Iterator[None]:
-    """Within the block, whether uncompiled CUDA decode steps prepare their heads in the Triton kernel (on unless
-    the environment sets FISHS2_DECODE_HEADS=0). A CUDA graph keeps the choice it was captured with."""
+    """Within the block, whether CUDA decode steps prepare their heads in the Triton kernel (on unless the
+    environment sets FISHS2_DECODE_HEADS=0). A CUDA graph keeps the choice it was captured with; compiled blocks
+    recompile for the other setting (dynamo guards on it)."""
     before = _heads_enabled[0]
     _heads_enabled[0] = enabled
     try:
@@ -78,12 +80,12 @@ def heads_kernel_enabled(enabled: bool) -> Iterator[None]:
 
 def heads_kernel_takes(qkv: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor) -> bool:
     """Whether a decode position's projection qkv [B, 1, …] and its layer's caches belong to the heads kernel:
-    CUDA, bf16/fp16, a power-of-two head_dim ≥ 16, caches of one layout, outside a compile."""
+    CUDA, bf16/fp16, a power-of-two head_dim ≥ 16, caches of one layout."""
     D = cache_k.shape[-1]
     return (_heads_enabled[0] and not _heads_failure and qkv.is_cuda and qkv.dtype in KERNEL_DTYPES
             and cache_k.dtype == qkv.dtype and cache_v.dtype == qkv.dtype and cache_k.stride() == cache_v.stride()
             and cache_k.stride(-1) == 1 and qkv.shape[1] == 1 and qkv.stride(-1) == 1 and D >= 16
-            and D & (D - 1) == 0 and not torch.compiler.is_compiling())
+            and D & (D - 1) == 0)
 
 
 def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
@@ -95,7 +97,7 @@ def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tens
     if kernel is None:
         return None
     try:
-        with torch.cuda.device(qkv.device):  # Triton launches on the current device
+        with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():  # Triton: current device
             return kernel(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
     except torch.OutOfMemoryError:
         raise
@@ -154,6 +156,60 @@ def attend(q: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, length
         except Exception as e:  # a Triton that cannot build the kernels for this GPU: PyTorch's ops still work
             _disable(e)
     return reference(q, cache_k, cache_v, length, mask, manual)
+
+
+def reference_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                    slot: torch.Tensor, n_head: int, q_norm: Optional[torch.Tensor], k_norm: Optional[torch.Tensor],
+                    eps: float) -> torch.Tensor:
+    """`prepare_heads` in PyTorch's ops (`layers.split_heads`, then the cache write at the slots `slot` [1])."""
+    from .model.layers import split_heads
+
+    q, k, v = split_heads(qkv, rotation, n_head, cache_k.shape[1], q_norm, k_norm, eps)
+    cache_k.index_copy_(2, slot, k)
+    cache_v.index_copy_(2, slot, v)
+    return q.contiguous()
+
+
+def _heads_or_reference(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                        slot: torch.Tensor, n_head: int, q_norm: Optional[torch.Tensor],
+                        k_norm: Optional[torch.Tensor], eps: float) -> torch.Tensor:
+    q = prepare_heads(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+    if q is None:
+        return reference_heads(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+    return q
+
+
+def _heads_op():
+    """The custom op `fishs2::decode_heads` (PyTorch ≥ 2.4): the heads kernel inside compiled blocks, as one call
+    that writes the caches in place. Registered once per process, like `fishs2::decode_attention`."""
+    if not hasattr(torch.library, "custom_op"):
+        return None
+    try:
+        return torch.ops.fishs2.decode_heads.default
+    except AttributeError:
+        pass
+    op = torch.library.custom_op("fishs2::decode_heads", _heads_or_reference, mutates_args=("cache_k", "cache_v"))
+
+    @op.register_fake
+    def _(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm=None, k_norm=None, eps=0.0):
+        return qkv.new_empty(qkv.shape[0], n_head, 1, cache_k.shape[-1])
+
+    return op
+
+
+heads_op = _heads_op()
+
+
+def decode_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                 slot: int | torch.Tensor, n_head: int, q_norm: Optional[torch.Tensor],
+                 k_norm: Optional[torch.Tensor], eps: float) -> Optional[torch.Tensor]:
+    """`prepare_heads`, through the op `fishs2::decode_heads` when compiling (a static step's slot, a device tensor;
+    with an int slot compiled blocks keep the ops, None)."""
+    if torch.compiler.is_compiling():
+        if heads_op is None or not isinstance(slot, torch.Tensor):
+            return None
+        return heads_op(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+    return prepare_heads(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
 
 
 def _run(kernels, q, cache_k, cache_v, length, mask, manual):

@@ -3,8 +3,9 @@ QK-norm (the slow AR's), RoPE on q and k, and k and v written into the layer's K
 
 PyTorch's ops take about eight kernels per slow layer for this (two RMSNorms, a concatenation, a cast, the complex
 product, a cast back, two cache writes) and about five per fast layer; a frame runs 36 slow and 40 fast layers, and
-each of these kernels costs a CUDA graph 1–2 µs for a few kilobytes of work. Compiled blocks fuse most of them
-already, so the kernel serves the uncompiled step (`layers.Attention.attend` hands it over only outside a compile).
+each of these kernels costs a CUDA graph 1–2 µs for a few kilobytes of work. Compiled blocks fuse them into two to
+four kernels; they reach this one through the op `fishs2::decode_heads` when the slot is a device tensor (the
+static step), which inductor calls on the caches in place (`fishs2.decode_attention`).
 
 One program per sequence and head (q heads, then k heads, then v heads), each rounding where the ops round:
 `F.rms_norm` with its weight computes in fp32 and rounds once; the rotation multiplies the rounded head by the fp32

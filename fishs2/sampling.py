@@ -192,7 +192,7 @@ def _kernel_draw(logits: torch.Tensor, temperature: torch.Tensor, cut: torch.Ten
     if draw is None:
         return None
     try:
-        with torch.cuda.device(logits.device):  # Triton launches on the current device
+        with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():  # Triton: current device
             return draw(logits, temperature, cut, uniforms, columns)
     except torch.OutOfMemoryError:
         raise

@@ -567,6 +567,7 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
     assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks, through the op
     assert calls.attention > 0 and calls.short_attention > 0  # decode attention through its op
     assert calls.draws > 0  # the frames' draws, in the graph
+    assert calls.heads > 0  # the static step's heads, through the op
     if int8:
         assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
     assert codes and all(c.shape[1] > 0 for c in codes)

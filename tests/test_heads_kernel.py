@@ -198,3 +198,53 @@ def test_decode_steps_prepare_every_layer_through_the_dispatch(monkeypatch):
         monkeypatch.setattr(decode_attention, "prepare_heads", lambda *args: None)
         assert torch.equal(codes(static), expected), static
         monkeypatch.undo()
+
+
+def test_compiled_static_blocks_prepare_heads_through_the_op(monkeypatch, tmp_path):
+    """Compiled blocks reach the heads kernel through `fishs2::decode_heads` (which writes the caches in place) when
+    the slot lives on the device — the static step — and keep the ops with an int slot: the official codes either
+    way, with the CPU standing in for CUDA (the dispatch accepts its projections; the "kernel" is the ops)."""
+    from .test_fused_decode import golden_engine
+    from .test_perf_paths import GOLDEN, segments
+
+    if decode_attention.heads_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    calls = []
+    copies = [m for name, m in sys.modules.items()
+              if name == "fishs2.decode_attention" or name.endswith(".fishs2.decode_attention")]
+    for copy in copies:  # the node-pack tests import the engine a second time under the pack's name
+        def kernel(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps, copy=copy):
+            calls.append((torch.compiler.is_compiling(), isinstance(slot, torch.Tensor)))
+            slot = slot if isinstance(slot, torch.Tensor) else torch.tensor([slot])
+            return copy.reference_heads(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+
+        monkeypatch.setattr(copy, "heads_kernel_takes", lambda qkv, k, v: qkv.shape[1] == 1)
+        monkeypatch.setattr(copy, "_heads_kernel", lambda kernel=kernel: kernel)
+    torch._dynamo.reset()  # blocks compiled by earlier tests hold no guard on the patched dispatch rule
+    engine = golden_engine(tmp_path / "inductor")
+    name, mode = "dialogue_two_batches", "sampled"
+    for options in ({}, dict(static=True)):
+        calls.clear()
+        got = segments(engine, name, mode, **options)
+        assert all(torch.equal(g, GOLDEN[f"{name}/{mode}/batch{b}.yielded_codes"]) for b, g in enumerate(got))
+        assert not any(compiling for compiling, _ in calls)  # run time, never inside a trace
+        if options:
+            assert (False, True) in calls  # the static slow steps, through the op
+    torch._dynamo.reset()  # nor would the code compiled here on the real rule, for later tests
+
+
+def test_op_schema_and_fake_agree_with_the_real_op():
+    """`fishs2::decode_heads` under `torch.library.opcheck` (schema, fake tensor, AOT dispatch, the declared cache
+    mutations), with and without QK-norm, on a strided projection row as the wqkv output can be."""
+    from fishs2.model.layers import rope_rotation, rope_table
+
+    if decode_attention.heads_op is None:
+        pytest.skip("torch.library.custom_op needs PyTorch 2.4")
+    gen = torch.Generator().manual_seed(4)
+    qkv = torch.randn(2, 1, 8 * 32, generator=gen)
+    rotation = rope_rotation(rope_table(torch.tensor([5]), 32, 1e6))
+    for norms in ((torch.rand(32, generator=gen) + 0.5, torch.rand(32, generator=gen) + 0.5), (None, None)):
+        cache_k, cache_v = torch.randn(2, 2, 16, 32), torch.randn(2, 2, 16, 32)
+        args = (qkv, rotation, cache_k, cache_v, torch.tensor([5]), 4, *norms, 1e-6)
+        result = torch.library.opcheck(decode_attention.heads_op, args)
+        assert all(outcome == "SUCCESS" for outcome in result.values()), result

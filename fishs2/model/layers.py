@@ -111,6 +111,23 @@ class AttentionMode:
         return cls(filled_only=False, native_gqa=False, full_context=True, full_head=True)
 
 
+def split_heads(qkv: torch.Tensor, rotation: torch.Tensor, n_head: int, n_kv: int, q_norm: torch.Tensor | None,
+                k_norm: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A wqkv projection [B, T, (n_head + 2·n_kv)·D] → q [B, n_head, T, D], k, v [B, n_kv, T, D]: q and k after
+    QK-norm (when the norm weights [D] are given) and RoPE (`rope_rotation`)."""
+    B, T, width = qkv.shape
+    D = width // (n_head + 2 * n_kv)
+    heads = [n_head, n_kv]
+    qk = qkv[..., : (n_head + n_kv) * D].view(B, T, n_head + n_kv, D)
+    v = qkv[..., (n_head + n_kv) * D :].view(B, T, n_kv, D)
+    if q_norm is not None:
+        q, k = qk.split(heads, dim=2)
+        qk = torch.cat([F.rms_norm(q, (D,), q_norm, eps), F.rms_norm(k, (D,), k_norm, eps)], dim=2)
+    # q and k heads side by side: one rotation instead of two (the same elementwise product per head)
+    q, k = apply_rope(qk, rotation).split(heads, dim=2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
 class KVCache(nn.Module):
     """Keys/values of one layer: [B, n_local_heads, capacity, head_dim]; positions are written in place."""
 
@@ -151,17 +168,8 @@ class Attention(nn.Module):
     def split_heads(self, qkv: torch.Tensor, rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The wqkv projection [B, T, q + 2·kv] → q [B, H, T, D], k, v [B, Hkv, T, D] (k after QK-norm and RoPE)."""
         c = self.config
-        B, T, _ = qkv.shape
-        heads = [c.n_head, c.n_local_heads]
-        qk = qkv[..., : c.q_size + c.kv_size].view(B, T, c.n_head + c.n_local_heads, c.head_dim)
-        v = qkv[..., c.q_size + c.kv_size :].view(B, T, c.n_local_heads, c.head_dim)
-        if c.qk_norm:
-            q, k = qk.split(heads, dim=2)
-            qk = torch.cat([F.rms_norm(q, (c.head_dim,), self.q_norm.weight, self.eps),
-                            F.rms_norm(k, (c.head_dim,), self.k_norm.weight, self.eps)], dim=2)
-        # q and k heads side by side: one rotation instead of two (the same elementwise product per head)
-        q, k = apply_rope(qk, rotation).split(heads, dim=2)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        norms = (self.q_norm.weight, self.k_norm.weight) if c.qk_norm else (None, None)
+        return split_heads(qkv, rotation, c.n_head, c.n_local_heads, *norms, self.eps)
 
     def forward(
         self,
@@ -184,8 +192,8 @@ class Attention(nn.Module):
         q = None
         if T == 1 and mode.native_gqa and decode_attention.heads_kernel_takes(qkv, cache.k, cache.v):  # CUDA
             norms = (self.q_norm.weight, self.k_norm.weight) if self.config.qk_norm else (None, None)
-            q = decode_attention.prepare_heads(qkv, rotation, cache.k, cache.v, start, self.config.n_head, *norms,
-                                               self.eps)
+            q = decode_attention.decode_heads(qkv, rotation, cache.k, cache.v, start, self.config.n_head, *norms,
+                                              self.eps)
         if q is None:
             q, k, v = self.split_heads(qkv, rotation)
             cache.write(start, k, v)
