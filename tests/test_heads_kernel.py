@@ -241,10 +241,12 @@ def test_op_schema_and_fake_agree_with_the_real_op():
     if decode_attention.heads_op is None:
         pytest.skip("torch.library.custom_op needs PyTorch 2.4")
     gen = torch.Generator().manual_seed(4)
-    qkv = torch.randn(2, 1, 8 * 32, generator=gen)
     rotation = rope_rotation(rope_table(torch.tensor([5]), 32, 1e6))
-    for norms in ((torch.rand(32, generator=gen) + 0.5, torch.rand(32, generator=gen) + 0.5), (None, None)):
-        cache_k, cache_v = torch.randn(2, 2, 16, 32), torch.randn(2, 2, 16, 32)
-        args = (qkv, rotation, cache_k, cache_v, torch.tensor([5]), 4, *norms, 1e-6)
-        result = torch.library.opcheck(decode_attention.heads_op, args)
-        assert all(outcome == "SUCCESS" for outcome in result.values()), result
+    for batch in (2, 1):  # with one sequence q comes out contiguous: it must still not share the input's storage
+        qkv = torch.randn(batch, 1, 8 * 32, generator=gen)
+        for norms in ((torch.rand(32, generator=gen) + 0.5, torch.rand(32, generator=gen) + 0.5), (None, None)):
+            cache_k, cache_v = torch.randn(batch, 2, 16, 32), torch.randn(batch, 2, 16, 32)
+            args = (qkv, rotation, cache_k, cache_v, torch.tensor([5]), 4, *norms, 1e-6)
+            result = torch.library.opcheck(decode_attention.heads_op, args)
+            assert all(outcome == "SUCCESS" for outcome in result.values()), result
+            assert decode_attention.heads_op(*args).untyped_storage().data_ptr() != qkv.untyped_storage().data_ptr()
