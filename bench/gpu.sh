@@ -45,7 +45,7 @@ step "bench, real architecture" "${BENCH_TIMEOUT:-300}" bench.log $PY bench/run.
     --runs "${RUNS:-2}" --paths "${BENCH_PATHS:-fishs2,official,static,int8,fp8}" --write "$OUT/RESULTS-gpu.md"
 
 step "bench, real architecture, blocks compiled (torch.compile) inside the CUDA graph" "${COMPILE_TIMEOUT:-240}" \
-    compile.log $PY bench/run.py --real --compile --paths "${COMPILE_PATHS:-static,int8}" --no-codec \
+    compile.log $PY bench/run.py --real --compile --paths "${COMPILE_PATHS:-static,int8}" --no-codec --no-switches \
     --frames "${FRAMES:-256}" --runs "${RUNS:-2}" --write "$OUT/RESULTS-gpu-compile.md"
 
 step "sampling: the vocabulary sorted per draw against once per frame" "${SAMPLING_TIMEOUT:-60}" sampling.log \

@@ -390,6 +390,9 @@ def main() -> None:
                              "(GPUs with fp8 matmuls only); the context sweep needs fishs2 and official")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fishs2-bench")
     parser.add_argument("--write", type=Path, help="also write the report (markdown) to this file")
+    parser.add_argument("--no-switches", action="store_true",
+                        help="skip re-capturing the step halves without each switchable CUDA optimisation (compiled "
+                             "blocks recompile for most switches: minutes on the real architecture)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -467,7 +470,8 @@ def main() -> None:
     if not dependent_launch_in_use(device):
         del switches["programmatic dependent launch"]
     without = {name: {what: halves_without(paths[name][0].static_decoder, switch())
-                      for what, switch in switches.items()} for name in halves if device.type == "cuda"}
+                      for what, switch in switches.items()}
+               for name in halves if device.type == "cuda" and not args.no_switches}
     contexts = [int(c) for c in args.contexts.split(",")]
     sweep = {}
     if {"fishs2", "official"} <= chosen:
