@@ -405,12 +405,14 @@ def test_heads_kernel_rounds_like_the_ops():
             q = prepare_heads(qkv, rotation, cache.k, cache.v, where, 32,
                               attention.q_norm.weight if norm else None, attention.k_norm.weight if norm else None,
                               attention.eps)
-        for got, want in ((q, q_ops), (cache.k, ops.k)):
+        for got, want in ((q, q_ops), (cache.k[:, :, slot], ops.k[:, :, slot])):
             got, want = got.float(), want.float()
             step = 2.0 ** (torch.floor(torch.log2(want.abs().clamp(min=1e-6))) - 7)
             assert (got == want).float().mean() >= 0.98, (norm, batch)
             assert ((got - want).abs() <= step + 1e-6).all(), (norm, batch)
         assert torch.equal(cache.v, ops.v)
+        others = torch.arange(1024, device="cuda") != slot
+        assert not cache.k[:, :, others].any()  # only the slot was written
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
