@@ -44,7 +44,6 @@ if [ -f "$OUT/tests.log" ]; then
         fi
     }
     gate FISHS2_DECODE_ATTENTION "test_decode_attention_kernels|test_short_attention_kernel"
-    gate FISHS2_SAMPLING_KERNEL "test_sampling_kernel"
     gate FISHS2_DECODE_HEADS "test_heads_kernel"
 fi
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from fishs2.checkpoint import load_model  # noqa: E402
 from fishs2.config import ModelConfig  # noqa: E402
-from fishs2 import decode_attention, matvec, sampling  # noqa: E402
+from fishs2 import decode_attention, matvec  # noqa: E402
 from fishs2.generate import FrameDecoder, StaticDecoder, generate_frames, new_state, sample_frame, slow_step  # noqa: E402
 from fishs2.memory import GIB, estimate_memory, kv_cache_bytes  # noqa: E402
 from fishs2.model import AttentionMode, DualAR  # noqa: E402
@@ -465,8 +465,7 @@ def main() -> None:
     # each CUDA optimisation that can be switched off, against the graphs captured without it
     switches = {"programmatic dependent launch": lambda: matvec.dependent_launch(False),
                 "the decode-attention kernels": lambda: decode_attention.kernel_enabled(False),
-                "the decode-heads kernel": lambda: decode_attention.heads_kernel_enabled(False),
-                "the sampling kernel": lambda: sampling.kernel_enabled(False)}
+                "the decode-heads kernel": lambda: decode_attention.heads_kernel_enabled(False)}
     if not dependent_launch_in_use(device):
         del switches["programmatic dependent launch"]
     without = {name: {what: halves_without(paths[name][0].static_decoder, switch())

@@ -3,9 +3,8 @@ a decode step), timed in the same process: the official formulation (the vocabul
 top-p/top-k cut as five kernels, the temperature clamped at each draw) against fishs2's (`sampling.rank` once per
 frame, the cut as one comparison with `cut_thresholds`, the temperature clamped once per request), over the whole
 vocabulary and, as the decode step draws, over the 4097 allowed ids only (`generate.sample_frame`). All give the
-same tokens (tests/test_sampling.py). On CUDA in bf16 it also times the Triton kernel (`fishs2.sampling_kernel`) on
-the allowed ids, and on one fast-AR codebook draw (4096 codes) against the ops: eager wall times, launches
-included (the step's GPU time, in CUDA graphs, is `bench/run.py`'s step halves, re-captured without the kernel).
+same tokens (tests/test_sampling.py). Eager wall times, launches included: in CUDA graphs the step's GPU time is
+`bench/run.py`'s step halves.
 
     python bench/sampling.py [--device cuda] [--rounds 20]
 """
@@ -21,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fishs2 import sampling  # noqa: E402
 from fishs2.sampling import (  # noqa: E402
     RAS_TEMPERATURE, RAS_TOP_P, clamp_temperature, cut_thresholds, draw_uniforms, make_generators, rank, sample,
 )
@@ -78,30 +76,11 @@ def main() -> None:
             ids[sample(rows, temperature, cut[:ALLOWED], None, uniforms[0], ranked)]
             ids[sample(rows, ras_temperature, ras_cut[:ALLOWED], None, uniforms[1], ranked)]
 
-        def kernel():  # the decode step's draws on CUDA: one kernel each, reading the allowed columns in place
-            uniforms = [draw_uniforms(generators, VOCAB, dtype, device) for _ in range(2)]
-            sampling.sample_main(logits, held, uniforms, ids)
-
-        held = sampling.DeviceSampling(temperature, ras_temperature, cut, ras_cut, cut[:4096])
         draws = [("official", official), ("fishs2", fishs2), ("fishs2 allowed ids", allowed)]
-        if sampling.kernel_takes(logits, logits, ALLOWED):
-            draws.append(("kernel", kernel))
         best = {}
-        with sampling.kernel_enabled(False):
-            race(draws[:3], best, args.rounds, device)
-        race(draws[3:], best, args.rounds, device)
+        race(draws, best, args.rounds, device)
         print(f"{device.type} {str(dtype).removeprefix('torch.')}, main + RAS draw: "
               + ", ".join(f"{name} {1000 * t:.2f} ms ({best['official'] / t:.2f}×)" for name, t in best.items()))
-        if device.type == "cuda" and dtype == torch.bfloat16:
-            codes = torch.randn(1, 4096, device=device).to(dtype)
-            u = torch.rand(1, 4096, device=device, dtype=dtype)
-            code_best = {}
-            one = [("ops", lambda: sample(codes, temperature, cut[:4096], None, u))]
-            with sampling.kernel_enabled(False):
-                race(one, code_best, args.rounds, device)
-            race([("kernel", lambda: sample(codes, temperature, cut[:4096], None, u))], code_best, args.rounds, device)
-            print("cuda bfloat16, one codebook draw (4096): "
-                  + ", ".join(f"{name} {1000 * t:.3f} ms" for name, t in code_best.items()))
 
 
 def race(draws, best: dict, rounds: int, device: torch.device) -> None:

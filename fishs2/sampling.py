@@ -3,20 +3,11 @@
 top-p/top-k filter the *untempered* distribution, temperature is applied afterwards, and the draw is an
 exponential race `argmax(p / -log(u))` with one uniform per vocabulary entry. Each sequence in a batch draws from
 its own `torch.Generator`, so a batch of takes reproduces the single runs with the same seeds.
-
-On CUDA, draws of bf16/fp16 logits over at most 8192 entries (a frame's eleven) run in one Triton kernel each
-(`fishs2.sampling_kernel`) instead of about eleven PyTorch ops; `FISHS2_SAMPLING_KERNEL=0` or `kernel_enabled`
-keeps them on the ops. This module imports Triton only when a draw takes the kernel.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,15 +15,9 @@ import torch
 from .config import ModelConfig
 from .errors import ParameterError
 
-log = logging.getLogger(__name__)
-
 RAS_WINDOW = 10
 RAS_TEMPERATURE = 1.0
 RAS_TOP_P = 0.9
-KERNEL_DTYPES = (torch.bfloat16, torch.float16)
-KERNEL_ENTRIES = 8192  # the widest draw `fishs2.sampling_kernel` takes here: one program's registers, no spills
-_failure: list[str] = []  # why the kernel was given up in this process, if it was
-_enabled = [os.environ.get("FISHS2_SAMPLING_KERNEL", "1") != "0"]  # `kernel_enabled`'s setting
 
 
 @dataclass(frozen=True)
@@ -88,8 +73,7 @@ def sample(
 ) -> torch.Tensor:
     """logits [B, V] (model dtype) → token ids [B]. `cut`: the top-p/top-k cut as `cut_thresholds(V, …)`.
     Consumes V uniforms from each row's generator, or reads them from `uniforms` [B, V] when they were drawn
-    beforehand (`FrameUniforms`). `ranked`: `rank(logits)`, if the caller already has it (the ops draw then).
-    Where `kernel_takes` says so, the CUDA kernel draws instead.
+    beforehand (`FrameUniforms`). `ranked`: `rank(logits)`, if the caller already has it.
 
     `temperature` may be a 0-dim tensor in the logits' dtype and device, already clamped (`clamp_temperature`,
     as `DeviceSampling` holds it), which keeps the function free of host → device copies and host reads.
@@ -99,10 +83,6 @@ def sample(
         uniforms = draw_uniforms(generators, logits.shape[-1], dtype, logits.device)
     if not isinstance(temperature, torch.Tensor):
         temperature = clamp_temperature(temperature, dtype, logits.device)
-    if ranked is None and kernel_takes(logits, uniforms, logits.shape[-1]):
-        drawn = _kernel_draw(logits, temperature, cut, uniforms)
-        if drawn is not None:
-            return drawn
     cumulative, sorted_ids = rank(logits) if ranked is None else ranked
     remove = cumulative > cut  # by rank; then mapped back to vocabulary order
     remove = remove.scatter(-1, sorted_ids, remove)
@@ -127,12 +107,6 @@ def sample_main(logits: torch.Tensor, params: "DeviceSampling", uniforms: list[t
     cut, where an unstable sort (the CPU's) may order the tie differently in a row of another width.
     """
     cut, ras_cut = params.cut, params.ras_cut
-    if kernel_takes(logits, uniforms[0], logits.shape[-1] if columns is None else columns.shape[0]):
-        main = _kernel_draw(logits, params.temperature, cut, uniforms[0], columns)
-        alternative = None if main is None else _kernel_draw(logits, params.ras_temperature, ras_cut, uniforms[1],
-                                                             columns)
-        if alternative is not None:
-            return main, alternative
     if columns is not None:
         logits = logits.index_select(-1, columns)
         uniforms = [u.index_select(-1, columns) for u in uniforms]
@@ -143,62 +117,6 @@ def sample_main(logits: torch.Tensor, params: "DeviceSampling", uniforms: list[t
     if columns is None:
         return main, alternative
     return columns[main], columns[alternative]
-
-
-@functools.cache
-def _kernel():
-    """`fishs2.sampling_kernel.draw`, or None without a usable Triton."""
-    try:
-        from .sampling_kernel import draw
-    except ImportError:  # no Triton: PyTorch's ops instead
-        return None
-    except Exception as e:  # a Triton too old or too new for the kernel's definition
-        _disable(e)
-        return None
-    return draw
-
-
-def _disable(error: Exception) -> None:
-    _failure.append(f"{type(error).__name__}: {error}")
-    log.warning("fishs2: the CUDA sampling kernel failed (%s); sampling goes through PyTorch's ops instead",
-                _failure[0])
-
-
-@contextlib.contextmanager
-def kernel_enabled(enabled: bool) -> Iterator[None]:
-    """Within the block, whether draws on CUDA go through the Triton kernel (on unless the environment sets
-    FISHS2_SAMPLING_KERNEL=0). A CUDA graph keeps the choice it was captured with. For same-process comparisons
-    (bench/) and as a way out."""
-    before = _enabled[0]
-    _enabled[0] = enabled
-    try:
-        yield
-    finally:
-        _enabled[0] = before
-
-
-def kernel_takes(logits: torch.Tensor, uniforms: torch.Tensor, entries: int) -> bool:
-    """Whether a draw over `entries` entries of logits [B, W] with uniforms [B, W] belongs to the kernel
-    (`fishs2.sampling_kernel`): CUDA, bf16/fp16, rows of unit stride, at most KERNEL_ENTRIES entries."""
-    return (_enabled[0] and not _failure and logits.is_cuda and logits.dtype in KERNEL_DTYPES
-            and uniforms.dtype == logits.dtype and logits.stride(-1) == 1 and uniforms.stride(-1) == 1
-            and entries <= KERNEL_ENTRIES)
-
-
-def _kernel_draw(logits: torch.Tensor, temperature: torch.Tensor, cut: torch.Tensor, uniforms: torch.Tensor,
-                 columns: torch.Tensor | None = None) -> torch.Tensor | None:
-    """The kernel's draw, or None when there is no kernel or it failed (then the ops draw; see `_disable`)."""
-    draw = _kernel()
-    if draw is None:
-        return None
-    try:
-        with torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext():  # Triton: current device
-            return draw(logits, temperature, cut, uniforms, columns)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as e:  # a Triton that cannot build the kernel for this GPU: PyTorch's ops still work
-        _disable(e)
-        return None
 
 
 def draw_uniforms(generators: list[torch.Generator], size: int, dtype: torch.dtype,

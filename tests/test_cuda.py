@@ -330,48 +330,6 @@ def test_short_attention_kernel_rounds_like_manual_attention():
             assert ((out - expected).abs() <= step + 1e-6).all(), (batch, length)
 
 
-def test_sampling_kernel_draws_the_ops_tokens_at_real_widths():
-    """The sampling kernel against `sampling.sample`'s ops on a stable ranking, bf16: the fast AR's 4096 codes and
-    the 4097 allowed ids of the 155 776-wide slow row (columns), settings from greedy to wide. The kernel's exp, log
-    and divisions are the ops' own (libdevice, IEEE); its sums add in another order and its cumulative sums round
-    once per entry, so a token may differ where a rounded value sits at a boundary: at least 99% the same, and
-    top_k 1 exactly."""
-    pytest.importorskip("triton")
-    from fishs2.sampling import clamp_temperature, cut_thresholds, sample
-    from fishs2.sampling_kernel import draw
-
-    def stable_rank(logits):
-        values, ids = torch.sort(logits, dim=-1, descending=True, stable=True)
-        return torch.cumsum(torch.softmax(values, dim=-1), dim=-1), ids
-
-    gen = torch.Generator(device="cuda").manual_seed(8)
-    allowed = torch.cat([torch.tensor([151645]), torch.arange(151678, 151678 + 4096)]).cuda()
-    same = total = 0
-    for trial in range(120):
-        width, columns = (4096, None) if trial % 2 else (155776, allowed)
-        logits = torch.full((4, width), float("-inf"), device="cuda", dtype=torch.bfloat16)
-        spread = (1.0, 3.0, 8.0)[trial % 3]
-        entries = width if columns is None else columns.numel()
-        values = (torch.randn(4, entries, device="cuda", generator=gen) * spread).to(torch.bfloat16)
-        if columns is None:
-            logits = values
-        else:
-            logits[:, columns] = values
-        uniforms = torch.rand(4, width, device="cuda", generator=gen, dtype=torch.bfloat16)
-        top_p, top_k = ((0.8, 30), (0.9, 1), (0.95, 300), (1.0, 10_000))[trial % 4]
-        temperature = clamp_temperature((0.7, 0.8, 1.0, 1.3)[trial % 4], torch.bfloat16, "cuda")
-        cut = cut_thresholds(max(width, entries), top_p, top_k, torch.bfloat16, "cuda")
-        rows, u = (logits, uniforms) if columns is None else (logits[:, columns], uniforms[:, columns])
-        expected = sample(rows, temperature, cut[:entries], None, u, stable_rank(rows))
-        expected = expected if columns is None else columns[expected]
-        got = draw(logits, temperature, cut, uniforms, columns)
-        if top_k == 1:
-            assert torch.equal(got, expected), trial
-        same += int((got == expected).sum())
-        total += 4
-    assert same >= 0.99 * total, (same, total)
-
-
 def test_heads_kernel_rounds_like_the_ops():
     """The decode-heads kernel at the real architecture's heads (32 q heads, 8 KV heads, head_dim 128), bf16, the
     slow AR's QK-norm and the fast AR's none, one sequence and three with their own positions, the slot as an int
@@ -438,15 +396,13 @@ class Calls(list):
     pdl: set
     attention: int  # calls of the slow AR's decode-attention kernels
     short_attention: int  # and of the fast AR's
-    draws: int  # calls of the sampling kernel
     heads: int  # calls of the decode-heads kernel
 
 
 def count_kernel_calls(monkeypatch) -> Calls:
     """Wrap the matvec kernel the dispatch hands out, recording the weight dtype of each call (`calls`), which of a
     fused block's options it carried (`calls.fused`) and whether it was launched as a dependent (`calls.pdl`); and
-    count the decode-attention kernels' calls (`calls.attention`), the sampling kernel's (`calls.draws`) and the
-    decode-heads kernel's (`calls.heads`)."""
+    count the decode-attention kernels' calls (`calls.attention`) and the decode-heads kernel's (`calls.heads`)."""
     from fishs2 import matvec
 
     kernel = matvec.cuda_kernel()
@@ -478,18 +434,6 @@ def count_kernel_calls(monkeypatch) -> Calls:
         return kernels[1](*args)
 
     monkeypatch.setattr(decode_attention, "_kernels", lambda: (counted_attention, counted_short))
-
-    from fishs2 import sampling
-
-    draw = sampling._kernel()
-    assert draw is not None
-    calls.draws = 0
-
-    def counted_draw(*args):
-        calls.draws += 1
-        return draw(*args)
-
-    monkeypatch.setattr(sampling, "_kernel", lambda: counted_draw)
 
     heads = decode_attention._heads_kernel()
     assert heads is not None
@@ -523,7 +467,7 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     steps and in the CUDA graph alike (same codes); prefill's rows stay with cuBLAS. fp32 models never reach the
     kernel (their golden numerics are cuBLAS's)."""
     pytest.importorskip("triton")
-    from fishs2 import decode_attention, matvec, sampling
+    from fishs2 import decode_attention, matvec
 
     calls = count_kernel_calls(monkeypatch)
     gemm_rows = []
@@ -540,7 +484,6 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
 
     assert calls.pdl == {dependent_launch_supported(torch.device("cuda"))}  # launched as dependents on Hopper+
     assert calls.attention > 0 and calls.short_attention > 0  # decode attention, eager and in the graph
-    assert calls.draws > 0 and not sampling._failure  # the frames' draws
     assert calls.heads > 0 and not decode_attention._heads_failure  # every decode layer's heads, uncompiled
 
     calls.clear()
@@ -568,7 +511,6 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
     assert calls and set(calls) == {torch.int8 if int8 else torch.bfloat16} and not matvec._failure
     assert calls.fused == {"norm_weight", "swiglu", "residual"}  # fused blocks, through the op
     assert calls.attention > 0 and calls.short_attention > 0  # decode attention through its op
-    assert calls.draws > 0  # the frames' draws, in the graph
     assert calls.heads > 0  # the static step's heads, through the op
     if int8:
         assert gemm and all(rows > matvec.MAX_INT8_ROWS and not traced for rows, traced in gemm)
