@@ -63,6 +63,6 @@ step "bench, real architecture, blocks compiled (torch.compile) inside the CUDA 
 step "sampling: the vocabulary sorted per draw against once per frame" "${SAMPLING_TIMEOUT:-60}" sampling.log \
     $PY bench/sampling.py
 
-# Default: the kernels inside the compiled int8 graph's replays, the fastest path (BREAKDOWN_ARGS to change it).
+# Default: the kernels inside the bf16 graph's replays, the default path on CUDA (BREAKDOWN_ARGS to change it).
 step "per-kernel breakdown" "${BREAKDOWN_TIMEOUT:-120}" breakdown.log \
-    $PY bench/breakdown.py ${BREAKDOWN_ARGS:---int8 --compile --no-eager --frames 16 --rows 30}
+    $PY bench/breakdown.py ${BREAKDOWN_ARGS:---no-eager --frames 16 --rows 30}

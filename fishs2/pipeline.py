@@ -101,8 +101,8 @@ class FishS2:
 
         `compile=True` compiles the transformer blocks with torch.compile (`DualAR.compile_blocks`): the first
         generation waits for the compile (25–40 s for the real model on an H100 or H200, less once inductor's on-disk
-        cache holds it), then decoding runs faster on GPUs (H100: bf16 116.8 against 99.1 frames/s, int8 151.7
-        against 124.7 — the fastest decode measured; bench/GPU-NOTES.md).
+        cache holds it). Since the decode kernels (fused blocks, attention, heads) it no longer speeds decoding up on
+        an H100: bf16 145.3 against 147.8 frames/s uncompiled, int8 199.8 against 205.1 (bench/GPU-NOTES.md).
         """
         from .codec import load_codec
 

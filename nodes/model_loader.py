@@ -62,9 +62,10 @@ class FishS2LoadModel(io.ComfyNode):
                     default=False,
                     optional=True,
                     tooltip=(
-                        "Compile the model with torch.compile (CUDA GPUs; bf16, fp16 or int8 weights): the first "
-                        "generation waits for the compile (25-40 s on an H100; cached on disk for later runs), then "
-                        "speech is generated about 20% faster (int8 + compile decodes fastest). Needs a working Triton."
+                        "Compile the model with torch.compile (CUDA GPUs; bf16, fp16 or int8 weights). The first "
+                        "generation waits for the compile (25-40 s on an H100; cached on disk for later runs), and "
+                        "on an H100 decoding is then no faster than without it (the default path's own decode "
+                        "kernels do the same work): leave it off. For speed, pick dtype int8. Needs a working Triton."
                     ),
                 ),
             ],
