@@ -3,8 +3,10 @@ a decode step), timed in the same process: the official formulation (the vocabul
 top-p/top-k cut as five kernels, the temperature clamped at each draw) against fishs2's (`sampling.rank` once per
 frame, the cut as one comparison with `cut_thresholds`, the temperature clamped once per request), over the whole
 vocabulary and, as the decode step draws, over the 4097 allowed ids only (`generate.sample_frame`). All give the
-same tokens (tests/test_sampling.py). Eager wall times, launches included: in CUDA graphs the step's GPU time is
-`bench/run.py`'s step halves.
+same tokens (tests/test_sampling.py). Those are eager wall times, launches included. On CUDA it then times the
+draws as the decode step runs them, inside a CUDA graph where launches cost nothing: the main + RAS pair over the
+allowed ids (`sampling.sample_main`) and one fast-AR codebook draw (4096 codes), and a frame's 2 + 9 draws.
+(Stop 15's sampling kernel was faster than the ops eagerly and slower in the graph.)
 
     python bench/sampling.py [--device cuda] [--rounds 20]
 """
@@ -21,10 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fishs2.sampling import (  # noqa: E402
-    RAS_TEMPERATURE, RAS_TOP_P, clamp_temperature, cut_thresholds, draw_uniforms, make_generators, rank, sample,
+    RAS_TEMPERATURE, RAS_TOP_P, DeviceSampling, clamp_temperature, cut_thresholds, draw_uniforms, make_generators,
+    rank, sample, sample_main,
 )
 
 VOCAB, ALLOWED, FIRST_SEMANTIC = 155776, 4097, 151678
+CODEBOOK, CODE_DRAWS = 4096, 9  # the fast AR draws codebooks 1 … 9 of a frame; codebook 0 is the semantic token's
 TEMPERATURE, TOP_P, TOP_K = 0.8, 0.8, 30
 
 
@@ -81,6 +85,39 @@ def main() -> None:
         race(draws, best, args.rounds, device)
         print(f"{device.type} {str(dtype).removeprefix('torch.')}, main + RAS draw: "
               + ", ".join(f"{name} {1000 * t:.2f} ms ({best['official'] / t:.2f}×)" for name, t in best.items()))
+        if device.type == "cuda":
+            held = DeviceSampling(temperature, ras_temperature, cut, ras_cut, cut[:CODEBOOK])
+            uniforms = [draw_uniforms(generators, VOCAB, dtype, device) for _ in range(2)]
+            codes = torch.randn(1, CODEBOOK, device=device).to(dtype)
+            code_uniforms = draw_uniforms(generators, CODEBOOK, dtype, device)
+            pair = in_graph(lambda: sample_main(logits, held, uniforms, ids))
+            code = in_graph(lambda: sample(codes, temperature, held.code_cut, None, code_uniforms))
+            print(f"cuda {str(dtype).removeprefix('torch.')}, in a CUDA graph: main + RAS draws over the allowed ids "
+                  f"{1e6 * pair:.1f} µs, one codebook draw ({CODEBOOK}) {1e6 * code:.1f} µs; a frame's 2 + "
+                  f"{CODE_DRAWS} draws {1000 * (pair + CODE_DRAWS * code):.3f} ms")
+
+
+def in_graph(draw, repeats: int = 50) -> float:
+    """Seconds per call of `draw` replayed from a CUDA graph that holds `repeats` calls (the fastest of 5 replays)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture: lazy initialisation, workspace allocation
+        for _ in range(3):
+            draw()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(repeats):
+            draw()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000 / repeats)
+    return best
 
 
 def race(draws, best: dict, rounds: int, device: torch.device) -> None:

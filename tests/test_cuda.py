@@ -518,7 +518,7 @@ def test_compiled_blocks_call_the_kernel(parts, monkeypatch, int8):
 
 
 def test_pipeline_loads_compiled_int8_on_cuda(tiny_checkpoint_dir):
-    """int8 with compile=True is accepted on CUDA (the fastest path measured on an H100; refused on the CPU, whose
+    """int8 with compile=True is accepted on CUDA (the fastest path on an H100 until stop 16; refused on the CPU, whose
     int8 matmul inductor cannot lower): its blocks are compiled and it generates."""
     pytest.importorskip("triton")
     from fishs2 import FishS2
@@ -598,7 +598,7 @@ def test_live_preview_on_cuda_joins_into_the_final_audio(tiny_checkpoint_dir):
 
 
 def test_compiled_blocks_in_a_cuda_graph_match_golden(parts, seed_independent_frames):
-    """torch.compile'd blocks captured in the CUDA graph (the fastest path) still give the official codes."""
+    """torch.compile'd blocks captured in the CUDA graph still give the official codes."""
     model = model_on_cuda(parts).compile_blocks()
     for name in ("plain", "dialogue"):
         got = greedy_segments(model, parts, name, static=True, cuda_graph=True)
