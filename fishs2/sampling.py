@@ -18,6 +18,7 @@ from .errors import ParameterError
 RAS_WINDOW = 10
 RAS_TEMPERATURE = 1.0
 RAS_TOP_P = 0.9
+FP16_MIN_TEMPERATURE = 1e-3  # fp16 logits up to 65 stay below fp16's largest value (65504) once divided by it
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ class DeviceSampling:
     def of(cls, params: SamplingParams, config: ModelConfig, dtype: torch.dtype,
            device: torch.device | str) -> "DeviceSampling":
         """For a model of `config` (its vocabulary and codebook sizes) computing in `dtype` on `device`."""
+        check_temperature(params, dtype)
         return cls(
             clamp_temperature(params.temperature, dtype, device),
             clamp_temperature(RAS_TEMPERATURE, dtype, device),
@@ -174,9 +176,21 @@ class DeviceSampling:
         """Write another request's settings into these tensors in place: a captured CUDA graph keeps reading the
         same addresses."""
         dtype, device = self.cut.dtype, self.cut.device
+        check_temperature(params, dtype)
         self.temperature.copy_(clamp_temperature(params.temperature, dtype, device))
         for cut, top_p in ((self.cut, params.top_p), (self.ras_cut, RAS_TOP_P), (self.code_cut, params.top_p)):
             cut.copy_(cut_thresholds(cut.shape[-1], top_p, params.top_k, dtype, device))
+
+
+def check_temperature(params: SamplingParams, dtype: torch.dtype) -> None:
+    """Refuse a temperature that a model computing in `dtype` cannot divide its logits by: in fp16 a temperature
+    below FP16_MIN_TEMPERATURE turns the best logits into inf, the softmax into NaN, and the draw into a meaningless
+    token, silently. bf16 and fp32 have fp32's range."""
+    if dtype == torch.float16 and params.temperature < FP16_MIN_TEMPERATURE:
+        raise ParameterError(
+            f"temperature={params.temperature!r} with fp16 weights: the logits divided by it overflow fp16 (largest "
+            f"value 65504) and the draw would pick a meaningless token. Use a temperature ≥ {FP16_MIN_TEMPERATURE} "
+            "or bf16/fp32 weights.")
 
 
 def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.Generator]:

@@ -676,6 +676,10 @@ ROWS: list[Row] = [
         ("chunk_length", 0, "must be an integer ≥ 1"), ("seed", "abc", "or None for a random seed"),
         ("seed", 1.5, "or None for a random seed"), ("seed", True, "or None for a random seed"),
     ]],
+    R("param-temperature-fp16", "parameters", "temperature=1e-4 with fp16 weights (the engine API; nodes stop at 0.01)",
+      lambda c: FishS2.from_pretrained(c.checkpoint(), device="cpu", dtype="fp16").generate(
+          "Hi.", [c.voice], max_frames=2, seed=1, temperature=1e-4), ParameterError,
+      ("temperature=0.0001 with fp16 weights",), ("Use a temperature ≥ 0.001 or bf16/fp32 weights",)),
     R("param-max-frames-beyond-context", "parameters", "max_frames that with the prompt exceeds the context",
       lambda c: c.say("Hi.", max_frames=4090), ParameterError, ("max_frames=4090", "at most"), ("lower max_frames",)),
     R("param-takes-0", "parameters", "takes=0", lambda c: c.tts.generate_takes("Hi.", [c.voice], takes=0), ParameterError,

@@ -59,6 +59,34 @@ def test_device_sampling_refills_in_place():
         assert torch.equal(getattr(held, name), getattr(fresh, name)), name
 
 
+def test_fp16_refuses_a_temperature_its_logits_cannot_be_divided_by():
+    """In fp16 a temperature below FP16_MIN_TEMPERATURE overflows the best logits to inf and the draw returns a
+    meaningless id; the floor itself keeps logits up to 65 finite, so the draw stays the argmax.
+    bf16 has fp32's range. A static decoder's held settings are refused the same way and left as they were."""
+    from fishs2.errors import ParameterError
+    from fishs2.sampling import FP16_MIN_TEMPERATURE
+
+    logits = torch.full((1, 4096), -60.0, dtype=torch.float16)
+    logits[0, 393] = 60.0
+    cut = cut_thresholds(4096, 0.8, 30, torch.float16, "cpu")
+    overflowed = sample(logits, clamp_temperature(1e-4, torch.float16, "cpu"), cut, make_generators([1], "cpu"))
+    assert overflowed.item() != 393  # what the refusal prevents: not the only token the cut keeps
+    at_floor = sample(logits, clamp_temperature(FP16_MIN_TEMPERATURE, torch.float16, "cpu"), cut,
+                      make_generators([1], "cpu"))
+    assert at_floor.item() == 393
+
+    config = type("Config", (), {"vocab_size": 50, "codebook_size": 8})()
+    with pytest.raises(ParameterError, match=r"temperature=0\.0001 with fp16 weights"):
+        DeviceSampling.of(SamplingParams(1e-4), config, torch.float16, "cpu")
+    DeviceSampling.of(SamplingParams(FP16_MIN_TEMPERATURE), config, torch.float16, "cpu")
+    DeviceSampling.of(SamplingParams(1e-4), config, torch.bfloat16, "cpu")
+    held = DeviceSampling.of(SamplingParams(0.9, 0.7, 5), config, torch.float16, "cpu")
+    before = {name: getattr(held, name).clone() for name in ("temperature", "cut", "ras_cut", "code_cut")}
+    with pytest.raises(ParameterError, match="fp16"):
+        held.fill_(SamplingParams(1e-4, 0.5, 2))
+    assert all(torch.equal(getattr(held, name), value) for name, value in before.items())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_draw_over_the_allowed_ids_picks_the_full_vocabulary_token(dtype):
     """The decode step's slow draws over the allowed ids only (`columns`) against the same draws over the whole
