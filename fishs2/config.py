@@ -102,8 +102,18 @@ class ModelConfig:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: missing or invalid field ({exc!r}).") from exc
-        if slow.q_size % slow.head_dim or slow.n_head % slow.n_local_heads:
-            raise CheckpointError(f"{source}: n_head must be a multiple of n_local_heads.")
+        sizes = {f"{part}.{name}": getattr(stack, name) for part, stack in (("text_config", slow),
+                                                                            ("audio_decoder_config", fast))
+                 for name in ("dim", "n_layer", "n_head", "n_local_heads", "head_dim", "intermediate_size")}
+        sizes.update({"text_config.vocab_size": config.vocab_size, "audio_decoder_config.vocab_size":
+                      config.codebook_size, "audio_decoder_config.num_codebooks": config.num_codebooks})
+        for name, value in sizes.items():
+            if value < 1:
+                raise CheckpointError(f"{source}: {name} is {value}; it must be at least 1.")
+        for part, stack in (("text_config", slow), ("audio_decoder_config", fast)):
+            if stack.n_head % stack.n_local_heads:
+                raise CheckpointError(f"{source}: {part}.n_head ({stack.n_head}) must be a multiple of "
+                                      f"n_local_heads ({stack.n_local_heads}).")
         if fast.dim != slow.dim:
             raise CheckpointError(
                 f"{source}: audio_decoder_config.dim ({fast.dim}) differs from text_config.dim ({slow.dim}); "

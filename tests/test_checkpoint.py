@@ -133,6 +133,21 @@ def test_wrong_model_type(tmp_path):
         FishS2.from_pretrained(d, device="cpu")
 
 
+@pytest.mark.parametrize("part, key, value, message", [
+    ("audio_decoder_config", "n_layer", 0, "audio_decoder_config.n_layer is 0"),
+    ("text_config", "dim", -64, "text_config.dim is -64"),
+    ("audio_decoder_config", "num_codebooks", 0, "audio_decoder_config.num_codebooks is 0"),
+    ("audio_decoder_config", "n_local_heads", 3, r"audio_decoder_config.n_head \(4\) must be a multiple"),
+])
+def test_impossible_sizes_in_config_are_named(tmp_path, part, key, value, message):
+    d = copy_tiny_checkpoint(tmp_path / "m")
+    config = json.loads((d / "config.json").read_text())
+    config[part][key] = value
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        FishS2.from_pretrained(d, device="cpu")
+
+
 def test_pickled_codec_is_refused_and_not_executed(tmp_path):
     d = copy_tiny_checkpoint(tmp_path / "m")
     marker = tmp_path / "pwned"

@@ -148,6 +148,31 @@ def test_static_step_never_reads_device_values_on_the_host(engine):
     assert not {"aten::rand", "aten::uniform_", "aten::normal_", "aten::multinomial"} & ops.names
 
 
+@pytest.mark.parametrize("mode", [AttentionMode(), AttentionMode.static(), AttentionMode.official()])
+def test_fast_position_zero_fills_the_caches_as_a_full_forward_does(engine, mode):
+    """Position 0's last fast layer only writes its keys and values (`TransformerBlock.fill_cache`): the caches must
+    hold exactly what the whole forward writes, and later positions' logits must not change."""
+    model, _, _ = engine
+    fast, config = model.fast, model.config
+    state = new_state(model, 2, 16, config.eos_token_id, mode, None)
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 1, config.slow.dim)
+    codes = torch.randint(0, config.codebook_size, (2,))
+
+    def run(fill_only: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        for cache in state.fast_caches:
+            cache.k.normal_(), cache.v.normal_()  # stale values from another frame must be overwritten
+        logits = fast(hidden, 0, state.fast_caches, state.fast_rope, with_logits=not fill_only)
+        assert (logits is None) == fill_only
+        written = [t.clone() for cache in state.fast_caches for t in (cache.k[:, :, :1], cache.v[:, :, :1])]
+        return written, fast(fast.embeddings(codes)[:, None], 1, state.fast_caches, state.fast_rope)
+
+    (filled, after_fill), (full, after_full) = run(True), run(False)
+    for a, b in zip(filled, full):
+        assert torch.equal(a, b)
+    assert torch.equal(after_fill, after_full)
+
+
 def test_static_capacity_rounds_to_shared_buckets():
     assert [static_capacity(n, 32768) for n in (1, 356, 1024, 1025, 4000)] == [1024, 1024, 1024, 2048, 4096]
     assert static_capacity(3100, 3500) == 3500  # never past the model's context …

@@ -26,15 +26,20 @@ class FastTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, position: int, caches: list[KVCache], rope: torch.Tensor, with_logits: bool = True
     ) -> torch.Tensor | None:
-        """x [B, 1, dim] at fast position `position` (0 … K−1) → logits [B, 1, codebook_size].
+        """x [B, 1, dim] at fast position `position` (0 … K−1) → logits [B, 1, codebook_size], or None without
+        `with_logits`.
 
-        Position 0 (the slow hidden state) only fills the cache; its logits are unused at inference.
+        Position 0 (the slow hidden state) only fills the caches: its logits are unused at inference, so nothing
+        reads its last layer's output either, and that layer only writes its keys and values (`fill_cache`).
         """
         rotation = rope_rotation(rope[position : position + 1])
-        for layer, cache in zip(self.layers, caches):
+        *layers, last = zip(self.layers, caches)
+        for layer, cache in layers:
             x = layer(x, rotation, cache, position, FAST_ATTENTION, None)
         if not with_logits:
+            last[0].fill_cache(x, rotation, last[1], position, FAST_ATTENTION)
             return None
+        x = last[0](x, rotation, last[1], position, FAST_ATTENTION, None)
         if fuses_decode(x, self.output):
             return fused_linear(x, self.output, norm=self.norm)
         return self.output(self.norm(x))

@@ -184,19 +184,26 @@ class Attention(nn.Module):
         `mask` comes from `attention_mask` (None: a causal prompt from slot 0, or one query over the filled cache)."""
         return self.wo(self.attend(self.wqkv(x), rotation, cache, start, mode, mask))
 
+    def write_heads(self, qkv: torch.Tensor, rotation: torch.Tensor, cache: KVCache, start: int | torch.Tensor,
+                    mode: AttentionMode) -> torch.Tensor:
+        """The wqkv projection [B, T, q + 2·kv] → q [B, H, T, D] after QK-norm and RoPE; k and v go to the cache."""
+        T = qkv.shape[1]
+        if T == 1 and mode.native_gqa and decode_attention.heads_kernel_takes(qkv, cache.k, cache.v):  # CUDA
+            norms = (self.q_norm.weight, self.k_norm.weight) if self.config.qk_norm else (None, None)
+            q = decode_attention.decode_heads(qkv, rotation, cache.k, cache.v, start, self.config.n_head, *norms,
+                                              self.eps)
+            if q is not None:
+                return q
+        q, k, v = self.split_heads(qkv, rotation)
+        cache.write(start, k, v)
+        return q
+
     def attend(self, qkv: torch.Tensor, rotation: torch.Tensor, cache: KVCache, start: int | torch.Tensor,
                mode: AttentionMode, mask: torch.Tensor | None) -> torch.Tensor:
         """The wqkv projection [B, T, q + 2·kv] → the attention output before wo [B, T, q_size]; writes k and v to
         the cache (see `forward`)."""
         B, T, _ = qkv.shape
-        q = None
-        if T == 1 and mode.native_gqa and decode_attention.heads_kernel_takes(qkv, cache.k, cache.v):  # CUDA
-            norms = (self.q_norm.weight, self.k_norm.weight) if self.config.qk_norm else (None, None)
-            q = decode_attention.decode_heads(qkv, rotation, cache.k, cache.v, start, self.config.n_head, *norms,
-                                              self.eps)
-        if q is None:
-            q, k, v = self.split_heads(qkv, rotation)
-            cache.write(start, k, v)
+        q = self.write_heads(qkv, rotation, cache, start, mode)
         kv_len = mask.shape[-1] if mask is not None else start + T
         if (T == 1 and isinstance(kv_len, int) and mode.native_gqa
                 and decode_attention.kernel_takes(q, cache.k, kv_len, mask, mode.manual)):  # CUDA: Triton kernels
@@ -336,6 +343,17 @@ class TransformerBlock(nn.Module):
             return self.fused_forward(x, rotation, cache, start, mode, mask)
         h = x + self.attention(self.attention_norm(x), rotation, cache, start, mode, mask)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def fill_cache(self, x, rotation, cache: KVCache, start, mode: AttentionMode) -> None:
+        """Only the part of `forward` that later positions read: k and v of x's positions into the cache. For a last
+        layer whose output nobody uses (the fast AR's position 0): no attention, wo or feed-forward, which is most of
+        a layer's weights. The cache holds what `forward` writes, bit for bit (the same projection and heads)."""
+        attention = self.attention
+        if fuses_decode(x, attention.wqkv):
+            qkv = fused_linear(x, attention.wqkv, norm=self.attention_norm)
+        else:
+            qkv = attention.wqkv(self.attention_norm(x))
+        attention.write_heads(qkv, rotation, cache, start, mode)
 
     def fused_forward(self, x, rotation, cache: KVCache, start, mode: AttentionMode, mask) -> torch.Tensor:
         """`forward` for decode rows on CUDA: the two RMSNorms, SwiGLU and the two residual adds run inside the
