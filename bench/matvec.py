@@ -163,7 +163,8 @@ def dependent_launch_table(device: torch.device, dtype: torch.dtype, rows: int, 
     its input is the first `heads` columns of the wqkv output), each block with its own weights, in a CUDA graph:
     µs per block with the kernel launched plainly and as a programmatic dependent (`matvec(..., pdl=True)`), which
     lets each call start while the previous one ends. Skipped where the GPU or Triton cannot."""
-    from fishs2.matvec_kernel import dependent_launch_supported, matvec
+    from fishs2.dependent_launch import supported as dependent_launch_supported
+    from fishs2.matvec_kernel import matvec
 
     if not dependent_launch_supported(device):
         print(f"\n(programmatic dependent launch: not on {torch.cuda.get_device_name(device)} with this Triton)")

@@ -85,12 +85,15 @@ def stored_bytes(*modules: torch.nn.Module) -> int:
 def weight_bytes_per_frame(model: DualAR, full_head: bool = False) -> int:
     """Weight bytes one frame reads: the slow AR once (with its output head: the rows of the semantic ids and the
     stop token, or every row with `full_head` as the official formulation), the fast AR num_codebooks times (its
-    output head num_codebooks − 1 times); embedding lookups read a few rows only and are left out."""
+    output head num_codebooks − 1 times; at position 0 its last layer only the norm and wqkv, which fill the cache:
+    `TransformerBlock.fill_cache`, on every path); embedding lookups read a few rows only and are left out."""
     cfg, slow, fast, k = model.config, model.slow, model.fast, model.config.num_codebooks
     head = stored_bytes(slow.output if slow.output is not None else slow.embeddings)
     if not full_head:
         head = head * (cfg.semantic_end_id - cfg.semantic_begin_id + 2) // cfg.vocab_size
-    return (stored_bytes(*slow.layers, slow.norm) + head + k * stored_bytes(*fast.layers)
+    last = fast.layers[-1]
+    skipped_at_position_0 = stored_bytes(last) - stored_bytes(last.attention_norm, last.attention.wqkv)
+    return (stored_bytes(*slow.layers, slow.norm) + head + k * stored_bytes(*fast.layers) - skipped_at_position_0
             + (k - 1) * stored_bytes(fast.norm, fast.output))
 
 
@@ -186,12 +189,8 @@ def step_halves(decoder: StaticDecoder, rounds: int = 20) -> list[float]:
 
 
 def dependent_launch_in_use(device: torch.device) -> bool:
-    """Whether the decode rows' kernel launches as a programmatic dependent on this GPU (`matvec.dependent_launch`)."""
-    try:
-        from fishs2.matvec_kernel import dependent_launch_supported
-    except ImportError:
-        return False
-    return dependent_launch_supported(device)
+    """Whether the decode kernels launch as programmatic dependents on this GPU (`matvec.dependent_launch`)."""
+    return matvec.launches_dependents(device)
 
 
 def halves_without(decoder: StaticDecoder, switch) -> list[float]:

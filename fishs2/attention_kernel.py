@@ -35,6 +35,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from . import dependent_launch
+from .dependent_launch import wait_for_previous_kernel
+
 __all__ = ["SHORT_KEYS", "decode_attention", "short_attention", "split_chunks"]
 
 BLOCK_L = 32  # keys per step inside a chunk
@@ -72,11 +75,12 @@ def _short_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, scale, L,
     q_stride_b, q_stride_h, k_stride_b, k_stride_h, k_stride_l, out_stride_b, out_stride_h,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr,
-    ON_GPU: tl.constexpr,
+    ON_GPU: tl.constexpr, PDL: tl.constexpr,
 ):
     # The official fast AR's attention (`layers.manual_attention`, no mask) over L ≤ BLOCK_L keys, one program per
     # sequence × KV head: q [B, HKV·G, D], k, v [B, HKV, ≥ L, D], out [B, HKV·G, D], each rounding to the activation
     # dtype where the PyTorch ops round — the scores, their scale, the probabilities, the output.
+    wait_for_previous_kernel(PDL)  # q and the newest key come from the kernel before
     bh = tl.program_id(0)
     b = bh // HKV
     h = bh % HKV
@@ -103,11 +107,12 @@ def _partial_kernel(
     L, SPLITS,
     q_stride_b, q_stride_h, k_stride_b, k_stride_h, k_stride_l, mask_stride_b,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HAS_MASK: tl.constexpr,
-    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, ON_GPU: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr, ON_GPU: tl.constexpr, PDL: tl.constexpr,
 ):
     # q [B, HKV·G, D] (strided); k, v [B, HKV, capacity ≥ L, D] (last dim contiguous, v with k's strides);
     # mask [B or 1, L] bool as int8 (read with HAS_MASK); m, l [B·HKV, SPLITS, G]; o [B·HKV, SPLITS, G, D]. The
     # query heads are padded to BLOCK_G rows for tl.dot; only the G real ones are stored.
+    wait_for_previous_kernel(PDL)  # q and the newest key come from the kernel before
     bh = tl.program_id(0)
     chunk = tl.program_id(1)
     b = bh // HKV
@@ -149,9 +154,11 @@ def _partial_kernel(
 def _combine_kernel(
     m_ptr, l_ptr, o_ptr, out_ptr, SPLITS, out_stride_b, out_stride_h,
     HKV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # m, l [B·HKV, SPLITS, G]; o [B·HKV, SPLITS, G, D] → out [B, HKV·G, D] (strided). Program (i, j):
     # query head i of all B·HKV·G, head dims j·BLOCK_D …; every chunk's partial loaded at once (one round trip).
+    wait_for_previous_kernel(PDL)  # the partials come from the kernel before
     head = tl.program_id(0)
     bh = head // G
     g = head % G
@@ -195,10 +202,11 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> No
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
+                     mask: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """softmax(q · kᵀ / √D) · v for one query per sequence: q [B, H, 1, D]; k, v [B, Hkv, capacity, D] (a layer's
     cache; the first `length` slots are attended, H a multiple of Hkv); mask [B or 1, 1, 1, length] bool (True:
-    visible) or None → [B, H, 1, D] in q's dtype (bf16/fp16)."""
+    visible) or None → [B, H, 1, D] in q's dtype (bf16/fp16). `pdl`: both kernels launched as programmatic
+    dependents (`fishs2.dependent_launch`)."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     _check(q, k, v, length)
@@ -212,23 +220,26 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: 
     total = torch.empty_like(m)
     partial = torch.empty(B * Hkv, splits, G, D, dtype=torch.float32, device=q.device)
     flat_mask = None if mask is None else mask.reshape(mask.shape[0], length).contiguous().view(torch.int8)
+    launch = dependent_launch.launch_options(pdl, q.device, "decode_attention")
     _partial_kernel[(B * Hkv, splits)](
         q, k, v, q if flat_mask is None else flat_mask, m, total, partial, 1.0 / math.sqrt(D),
         length, splits, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         0 if flat_mask is None or flat_mask.shape[0] == 1 else flat_mask.stride(0),
         HKV=Hkv, G=G, D=D, HAS_MASK=flat_mask is not None, BLOCK_G=block_g, BLOCK_L=BLOCK_L, CHUNK=chunk,
-        ON_GPU=not INTERPRETED)
+        ON_GPU=not INTERPRETED, PDL=pdl, **launch)
     out = torch.empty(B, H, 1, D, dtype=q.dtype, device=q.device)
     block_d = min(D, COMBINE_BLOCK_D)
     _combine_kernel[(B * H, D // block_d)](m, total, partial, out, splits, out.stride(0), out.stride(1),
-                                           HKV=Hkv, G=G, D=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits))
+                                           HKV=Hkv, G=G, D=D, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(splits),
+                                           PDL=pdl, **launch)
     return out
 
 
-def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int) -> torch.Tensor:
+def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+                    pdl: bool = False) -> torch.Tensor:
     """The official fast AR's attention (`layers.manual_attention` without a mask, every product rounded to the
     activation dtype as there) in one kernel: q [B, H, 1, D] over the first `length` ≤ SHORT_KEYS slots of k, v
-    [B, Hkv, capacity, D] → [B, H, 1, D]."""
+    [B, Hkv, capacity, D] → [B, H, 1, D]. `pdl`: launched as a programmatic dependent."""
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     _check(q, k, v, length)
@@ -238,5 +249,6 @@ def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: i
     _short_kernel[(B * Hkv,)](
         q, k, v, out, 1.0 / math.sqrt(D), length, q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
         out.stride(0), out.stride(1), HKV=Hkv, G=H // Hkv, D=D, BLOCK_G=max(16, triton.next_power_of_2(H // Hkv)),
-        BLOCK_L=max(16, triton.next_power_of_2(length)), ON_GPU=not INTERPRETED)
+        BLOCK_L=max(16, triton.next_power_of_2(length)), ON_GPU=not INTERPRETED, PDL=pdl,
+        **dependent_launch.launch_options(pdl, q.device, "short_attention"))
     return out

@@ -9,9 +9,10 @@
   layer instead of about eight ops (five in the fast AR); compiled static steps through the op
   `fishs2::decode_heads`, which writes the caches in place.
 
-Prefill keeps SDPA. Under torch.compile the kernels are one opaque op (`fishs2::decode_attention`), as the matvec
-kernel is (`fishs2.matvec`). This module never imports Triton itself, so the CPU path and ComfyUI's start-up do not
-pay for it.
+On Hopper and later the kernels launch as programmatic dependents, as the matvec kernel does and under its setting
+(`matvec.dependent_launch`, `fishs2.dependent_launch`). Prefill keeps SDPA. Under torch.compile the kernels are one
+opaque op (`fishs2::decode_attention`), as the matvec kernel is (`fishs2.matvec`). This module never imports Triton
+itself, so the CPU path and ComfyUI's start-up do not pay for it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import os
 from typing import Iterator, Optional
 
 import torch
+
+from . import matvec
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +101,8 @@ def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tens
         return None
     try:
         with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():  # Triton: current device
-            return kernel(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps)
+            return kernel(qkv, rotation, cache_k, cache_v, slot, n_head, q_norm, k_norm, eps,
+                          matvec.launches_dependents(qkv.device))
     except torch.OutOfMemoryError:
         raise
     except Exception as e:  # a Triton that cannot build the kernel for this GPU
@@ -214,7 +218,8 @@ def decode_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tenso
 
 def _run(kernels, q, cache_k, cache_v, length, mask, manual):
     decode, short = kernels
-    return short(q, cache_k, cache_v, length) if manual else decode(q, cache_k, cache_v, length, mask)
+    pdl = matvec.launches_dependents(q.device)  # the matvec kernels' setting: one switch for a step's kernels
+    return short(q, cache_k, cache_v, length, pdl) if manual else decode(q, cache_k, cache_v, length, mask, pdl)
 
 
 def _attention_op():

@@ -21,6 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dependent_launch
+from .dependent_launch import wait_for_previous_kernel
+
 __all__ = ["prepare_heads"]
 
 
@@ -29,9 +32,11 @@ def _heads_kernel(
     qkv_ptr, q_norm_ptr, k_norm_ptr, rotation_ptr, cache_k_ptr, cache_v_ptr, q_ptr, slot_ptr, slot, eps,
     qkv_stride_b, rotation_stride_b, cache_stride_b, cache_stride_h, cache_stride_l,
     H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, NORM: tl.constexpr, SLOT_ON_DEVICE: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # qkv [B, (H + 2·HKV)·D] (a decode step's projection), norm weights [D] (NORM), rotation [B or 1, D/2, 2] fp32,
     # caches [B, HKV, capacity, D], q [B, H, D] out; the cache slot from slot_ptr (SLOT_ON_DEVICE) or `slot`.
+    wait_for_previous_kernel(PDL)  # qkv comes from the kernel before
     b = tl.program_id(0)
     head = tl.program_id(1)
     dtype = qkv_ptr.dtype.element_ty
@@ -72,10 +77,11 @@ def _heads_kernel(
 
 def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
                   slot: int | torch.Tensor, n_head: int, q_norm: torch.Tensor | None = None,
-                  k_norm: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+                  k_norm: torch.Tensor | None = None, eps: float = 0.0, pdl: bool = False) -> torch.Tensor:
     """One decode position: qkv [B, 1, (n_head + 2·Hkv)·D] → q [B, n_head, 1, D] after QK-norm (q_norm, k_norm [D],
     if given) and RoPE (`rotation` [1 or B, 1, 1, D/2, 2] fp32, `layers.rope_rotation`); k (normalised, rotated) and
-    v written into cache slot `slot` (an int, or a device tensor [1]) of cache_k, cache_v [B, Hkv, capacity, D]."""
+    v written into cache slot `slot` (an int, or a device tensor [1]) of cache_k, cache_v [B, Hkv, capacity, D].
+    `pdl`: launched as a programmatic dependent (`fishs2.dependent_launch`)."""
     B, T, width = qkv.shape
     Hkv, D = cache_k.shape[1], cache_k.shape[3]
     if T != 1 or width != (n_head + 2 * Hkv) * D or qkv.stride(2) != 1:
@@ -92,6 +98,7 @@ def prepare_heads(qkv: torch.Tensor, rotation: torch.Tensor, cache_k: torch.Tens
         slot if on_device else qkv, 0 if on_device else slot, eps,
         qkv.stride(0), rotation.stride(0) if rotation.shape[0] > 1 else 0,
         cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
-        H=n_head, HKV=Hkv, D=D, NORM=norm, SLOT_ON_DEVICE=on_device, num_warps=1 if D <= 128 else 2,
+        H=n_head, HKV=Hkv, D=D, NORM=norm, SLOT_ON_DEVICE=on_device, PDL=pdl, num_warps=1 if D <= 128 else 2,
+        **dependent_launch.launch_options(pdl, qkv.device, "prepare_heads"),
     )
     return q

@@ -11,7 +11,8 @@ matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
 
 On Hopper and later GPUs the kernel is launched as a programmatic dependent (`dependent_launch`): it starts while
 the kernel before it finishes and reads its first weight tile before waiting for that kernel's results, which hides
-part of the gap between one decode matmul and the next.
+part of the gap between one decode matmul and the next. The heads and attention kernels launch the same way
+(`fishs2.decode_attention`), under the same setting.
 
 A call can carry what a transformer block does around the matmul — the RMSNorm before it, SwiGLU or a residual add
 after it — so that a decode block is four kernel calls (`layers.TransformerBlock.fused_forward`); `gemm` runs the
@@ -66,18 +67,27 @@ def cuda_kernel():
 
 @functools.cache
 def _dependent_launch_supported(device: torch.device) -> bool:
-    from .matvec_kernel import dependent_launch_supported
+    try:
+        from .dependent_launch import supported
+    except ImportError:  # no Triton
+        return False
+    return supported(device)
 
-    return dependent_launch_supported(device)
+
+def launches_dependents(device: torch.device) -> bool:
+    """Whether the decode kernels (this module's, `fishs2.decode_attention`'s) launch as programmatic dependents on
+    `device` now: the `dependent_launch` setting and a GPU, driver and Triton that support it."""
+    return _launch_dependents[0] and device.type == "cuda" and _dependent_launch_supported(device)
 
 
 @contextlib.contextmanager
 def dependent_launch(enabled: bool) -> Iterator[None]:
-    """Within the block, whether the kernel launches as a programmatic dependent on GPUs that support it (Hopper and
-    later; on unless the environment sets FISHS2_DEPENDENT_LAUNCH=0): it may start before the previous kernel ends and read its first weight tile then, which
-    is safe for a model's weights (written long before) and for nothing a kernel just wrote. A CUDA graph keeps the
-    choice it was captured with. For same-process comparisons (bench/) and as a way out should a driver mishandle
-    it."""
+    """Within the block, whether the decode kernels launch as programmatic dependents on GPUs that support it
+    (Hopper and later; on unless the environment sets FISHS2_DEPENDENT_LAUNCH=0; `fishs2.dependent_launch`): each
+    may start before the previous kernel ends; the matvec kernel reads its first weight tile then, which is safe for
+    a model's weights (written long before) and for nothing a kernel just wrote. Covers the matvec, heads and
+    attention kernels. A CUDA graph keeps the choice it was captured with. For same-process comparisons (bench/)
+    and as a way out should a driver mishandle it."""
     before = _launch_dependents[0]
     _launch_dependents[0] = enabled
     try:
@@ -125,7 +135,7 @@ def rows_linear(x: torch.Tensor, weight: torch.Tensor, scales: Optional[torch.Te
     kernel = cuda_kernel() if kernel_takes(x, weight) else None
     if kernel is not None:
         options = {"norm_weight": norm_weight, "eps": eps, "swiglu": swiglu, "residual": residual,
-                   "pdl": _launch_dependents[0] and _dependent_launch_supported(x.device)}
+                   "pdl": launches_dependents(x.device)}
         try:
             if x.is_cuda and x.device.index != torch.cuda.current_device():  # Triton launches on the current one
                 with torch.cuda.device(x.device):

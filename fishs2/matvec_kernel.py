@@ -28,23 +28,15 @@ against fp32 arithmetic, in the CUDA graph and under torch.compile (tests/test_m
 
 from __future__ import annotations
 
-import ctypes
-import functools
-
 import torch
 import triton
 import triton.language as tl
 import triton.testing
 
-try:  # grid dependency control (Triton ≥ 3.3): programmatic dependent launch on Hopper and later
-    from triton.backends.nvidia.compiler import CUDAOptions
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+from . import dependent_launch
+from .dependent_launch import wait_for_previous_kernel
 
-    _TRITON_LAUNCHES_DEPENDENTS = "launch_pdl" in CUDAOptions.__dataclass_fields__
-except ImportError:
-    _TRITON_LAUNCHES_DEPENDENTS = False
-
-__all__ = ["MAX_ROWS", "dependent_launch_supported", "launch", "matvec"]
+__all__ = ["MAX_ROWS", "launch", "matvec"]
 
 ROWS_PER_PROGRAM = 4  # activation rows whose partial products one program holds in registers
 MAX_ROWS = 16  # the most takes the nodes decode together; more rows (prefill) go through the dequantising GEMM
@@ -168,8 +160,7 @@ def _matvec_kernel(
     m0 = tl.program_id(1) * BLOCK_M
     if PDL:  # launched while the previous kernel still runs: its first weight tile is read before waiting for it
         w_first, u_first = _weight_tiles(w_ptr, rows, N, 0, K, BLOCK_K, SWIGLU)
-        gdc_wait()  # the previous kernel has finished and its writes (x, residual) are visible
-        gdc_launch_dependents()  # the next kernel may start loading its weights while this one works
+        wait_for_previous_kernel(PDL)  # x and the residual are read after it; the next kernel may then launch
     inverse_rms0 = 1.0
     inverse_rms1 = 1.0
     inverse_rms2 = 1.0
@@ -271,31 +262,6 @@ def _block_m(rows: int) -> int:
     return min(ROWS_PER_PROGRAM, triton.next_power_of_2(rows))
 
 
-GRAPHS_KEEP_DEPENDENT_LAUNCH = 12030  # the CUDA driver (12.3) from which graphs capture programmatic launches
-
-
-@functools.cache
-def _cuda_driver_version() -> int:
-    """The CUDA driver's version as `cuDriverGetVersion` gives it (12030 for 12.3), or 0 where it cannot be read."""
-    for name in ("libcuda.so.1", "nvcuda.dll"):
-        try:
-            library = ctypes.CDLL(name)
-        except OSError:
-            continue
-        version = ctypes.c_int()
-        if library.cuDriverGetVersion(ctypes.byref(version)) == 0:
-            return version.value
-    return 0
-
-
-def dependent_launch_supported(device: torch.device) -> bool:
-    """Whether `matvec(..., pdl=True)` can run on `device`: a CUDA GPU of compute capability 9.0 or later (Hopper),
-    a driver whose CUDA graphs capture programmatic launches (12.3+), and a Triton that exposes them."""
-    return (_TRITON_LAUNCHES_DEPENDENTS and device.type == "cuda"
-            and torch.cuda.get_device_capability(device)[0] >= 9
-            and _cuda_driver_version() >= GRAPHS_KEEP_DEPENDENT_LAUNCH)
-
-
 def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl):
     """The kernel's arguments (absent tensors stand in as x or weight, never read), flags and output."""
     N = _check(x, weight, scales, norm_weight, swiglu, residual)
@@ -307,11 +273,7 @@ def _arguments(x, weight, scales, norm_weight, eps, swiglu, residual, pdl):
             out, float(eps), M, N, K)
     flags = {"HAS_SCALES": scales is not None, "NORM": norm_weight is not None, "SWIGLU": swiglu,
              "RESIDUAL": residual is not None, "PDL": pdl, "BLOCK_M": _block_m(M)}
-    if pdl:
-        if not dependent_launch_supported(x.device):
-            raise ValueError(f"matvec: pdl=True needs a Hopper or later GPU and a Triton with programmatic "
-                             f"dependent launch, got {x.device} with Triton {triton.__version__}")
-        flags["launch_pdl"] = True
+    flags.update(dependent_launch.launch_options(pdl, x.device, "matvec"))
     return args, flags, out
 
 
@@ -337,7 +299,7 @@ def matvec(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None = 
     - swiglu: weight stacks gate and up rows [2F, K]; the result is silu(gate) · up [M, F];
     - residual [M, N]: added to the result.
 
-    pdl (programmatic dependent launch, `dependent_launch_supported`): the kernel may start while the kernel before
+    pdl (programmatic dependent launch, `fishs2.dependent_launch`): the kernel may start while the kernel before
     it in the stream still runs, and reads its first weight tile before waiting for that kernel to finish; x and
     residual are read after the wait. So the weights must not be written by the kernel just before, nor by the one
     before that when it too was launched so: true of a model's parameters, written when it was loaded. It hides the

@@ -117,12 +117,14 @@ MODEL = textwrap.dedent("""
 
     calls, short_calls = [], []
     decode, short = decode_attention._kernels()
-    def counted(q, k, v, length, mask):
+    def counted(q, k, v, length, mask, pdl):
+        assert pdl is False  # the CPU: no programmatic dependent launch
         calls.append((length, mask is None))
-        return decode(q, k, v, length, mask)
-    def counted_short(q, k, v, length):
+        return decode(q, k, v, length, mask, pdl)
+    def counted_short(q, k, v, length, pdl):
+        assert pdl is False
         short_calls.append(length)
-        return short(q, k, v, length)
+        return short(q, k, v, length, pdl)
 
     # the golden model is fp32 on the CPU: let the kernels (interpreted) take its decode queries
     decode_attention.kernel_takes = lambda q, cache_k, length, mask, manual: q.shape[2] == 1
@@ -198,16 +200,26 @@ def test_chunks_cover_the_keys_in_few_compiled_lengths():
     assert split_chunks(228, 8) == (BLOCK_L, 8)  # a short decode: one step per chunk
 
 
+def assert_waits_before_any_memory_access(ptx: str, what) -> None:
+    """A kernel launched as a programmatic dependent (PDL) may start before the kernel that writes its inputs ends:
+    it must wait (griddepcontrol.wait) before its first global load or store, then let the next kernel launch."""
+    wait = ptx.index("griddepcontrol.wait")
+    assert not re.search(r"\b(ld|st|atom)\.global", ptx[:wait]), what
+    assert ptx.index("griddepcontrol.launch_dependents") > wait, what
+
+
 def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
     """The kernels compiled ahead of time for Ampere and Hopper at the real architecture's shapes (8 KV heads of 4
     query heads, head_dim 128), bf16 and fp16: the products on tensor cores (mma), no register spills (ptxas); the
-    fast AR's softmax with the IEEE division its PyTorch kernel uses."""
+    fast AR's softmax with the IEEE division its PyTorch kernel uses. On Hopper also as programmatic dependents,
+    which wait for the kernel before them ahead of any memory access; without that, no grid dependency control."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from fishs2.attention_kernel import (BLOCK_L, COMBINE_BLOCK_D, MAX_WANTED_CHUNKS, _combine_kernel,
                                          _partial_kernel, _short_kernel)
+    from fishs2.dependent_launch import TRITON_LAUNCHES_DEPENDENTS
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
@@ -220,10 +232,10 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                        **{name: "i32" for name in ("L", "SPLITS", "q_stride_b", "q_stride_h", "k_stride_b",
                                                    "k_stride_h", "k_stride_l", "mask_stride_b")},
                        **{name: "constexpr" for name in ("HKV", "G", "D", "HAS_MASK", "BLOCK_G", "BLOCK_L", "CHUNK",
-                                                         "ON_GPU")}}
+                                                         "ON_GPU", "PDL")}}
             combine = {"m_ptr": "*fp32", "l_ptr": "*fp32", "o_ptr": "*fp32", "out_ptr": f"*{dtype}", "SPLITS": "i32",
                        "out_stride_b": "i32", "out_stride_h": "i32",
-                       **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_D", "BLOCK_S")}}
+                       **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_D", "BLOCK_S", "PDL")}}
             builds = [(_partial_kernel, partial, {"HKV": 8, "G": 4, "D": 128, "HAS_MASK": mask, "BLOCK_G": 16,
                                                   "BLOCK_L": BLOCK_L, "CHUNK": chunk, "ON_GPU": True})
                       for mask in (False, True) for chunk in (BLOCK_L, 8 * BLOCK_L)]
@@ -233,14 +245,21 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                      "scale": "fp32", **{name: "i32" for name in ("L", "q_stride_b", "q_stride_h", "k_stride_b",
                                                                  "k_stride_h", "k_stride_l", "out_stride_b",
                                                                  "out_stride_h")},
-                     **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_G", "BLOCK_L", "ON_GPU")}}
+                     **{name: "constexpr" for name in ("HKV", "G", "D", "BLOCK_G", "BLOCK_L", "ON_GPU", "PDL")}}
             builds.append((_short_kernel, short, {"HKV": 8, "G": 4, "D": 128, "BLOCK_G": 16, "BLOCK_L": 16,
                                                   "ON_GPU": True}))
+            builds = [(kernel, signature, {**constants, "PDL": pdl}) for kernel, signature, constants in builds
+                      for pdl in ((False, True) if arch >= 90 and TRITON_LAUNCHES_DEPENDENTS else (False,))]
             for kernel, signature, constants in builds:
                 aligned = {(i,): [["tt.divisibility", 16]] for i in range(7 if kernel is _partial_kernel else 4)}
                 compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants,
-                                                    attrs=aligned), target=GPUTarget("cuda", arch, 32))
+                                                    attrs=aligned), target=GPUTarget("cuda", arch, 32),
+                                          options={"launch_pdl": True} if constants["PDL"] else {})
                 ptx = compiled.asm["ptx"]
+                if constants["PDL"]:
+                    assert_waits_before_any_memory_access(ptx, (kernel.__name__, dtype))
+                else:
+                    assert "griddepcontrol" not in ptx
                 if kernel is not _combine_kernel:
                     assert re.search(r"\bw?mma", ptx), (arch, dtype, constants)
                 if kernel is _short_kernel:  # IEEE division as PyTorch's softmax, not div.full's approximation
@@ -250,6 +269,28 @@ def test_kernels_compile_for_gpus_without_spills(tmp_path: Path):
                                          str(tmp_path / "kernel.cubin")], capture_output=True, text=True)
                 assert report.returncode == 0, report.stderr
                 assert "0 bytes spill stores" in report.stderr, (arch, dtype, constants, report.stderr)
+
+
+def test_kernels_launch_as_dependents_under_the_matvec_setting(monkeypatch):
+    """The heads and attention kernels are told to launch as programmatic dependents exactly when the matvec kernels
+    are (`matvec.launches_dependents`: one setting for a decode step's kernels)."""
+    from fishs2 import decode_attention, matvec
+
+    seen = []
+    monkeypatch.setattr(decode_attention, "kernel_takes", lambda *args: True)
+    monkeypatch.setattr(decode_attention, "_kernels", lambda: (lambda *args: seen.append(("decode", args[-1])) or q,
+                                                               lambda *args: seen.append(("short", args[-1])) or q))
+    monkeypatch.setattr(decode_attention, "_heads_kernel", lambda: lambda *args: seen.append(("heads", args[-1])) or q)
+    q = torch.zeros(1, 4, 1, 16)
+    cache = torch.zeros(1, 2, 8, 16)
+    for setting in (True, False):
+        monkeypatch.setattr(matvec, "launches_dependents", lambda device, s=setting: s)
+        seen.clear()
+        decode_attention.attend(q, cache, cache, 3, None)
+        decode_attention.attend(q, cache, cache, 3, None, manual=True)
+        decode_attention.prepare_heads(torch.zeros(1, 1, 128), torch.zeros(1, 1, 1, 8, 2), cache, cache, 0, 4, None,
+                                       None, 1e-6)
+        assert seen == [("decode", setting), ("short", setting), ("heads", setting)]
 
 
 class _CudaQuery:

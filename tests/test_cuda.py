@@ -241,7 +241,8 @@ def test_dependent_launch_waits_for_the_previous_call(int8):
     to plain launches with the same block sizes. A call that read its input before the previous call had written it,
     or whose weight prefetch crossed into what it must wait for, would differ."""
     pytest.importorskip("triton")
-    from fishs2.matvec_kernel import dependent_launch_supported, launch
+    from fishs2.dependent_launch import supported as dependent_launch_supported
+    from fishs2.matvec_kernel import launch
     from fishs2.quantize import quantize_rows
 
     if not dependent_launch_supported(torch.device("cuda")):
@@ -480,7 +481,7 @@ def test_bf16_decode_runs_the_kernel_prefill_runs_cublas(parts, monkeypatch):
     assert gemm_rows and min(gemm_rows) > matvec.MAX_ONE_PASS_ROWS  # prefill only
     graphed = greedy_segments(model, parts, "dialogue", seed=3, static=True, cuda_graph=True)
     assert len(eager) == len(graphed) and all(torch.equal(a, b) for a, b in zip(eager, graphed))
-    from fishs2.matvec_kernel import dependent_launch_supported
+    from fishs2.dependent_launch import supported as dependent_launch_supported
 
     assert calls.pdl == {dependent_launch_supported(torch.device("cuda"))}  # launched as dependents on Hopper+
     assert calls.attention > 0 and calls.short_attention > 0  # decode attention, eager and in the graph

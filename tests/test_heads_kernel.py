@@ -97,12 +97,16 @@ def test_kernel_matches_the_ops_through_the_interpreter():
 
 def test_kernel_compiles_for_gpus_without_spills(tmp_path: Path):
     """Ahead of time for Ampere and Hopper at the real architecture's heads (32 q heads, 8 KV heads, head_dim 128),
-    with and without QK-norm, the slot on the device and as an argument: no register spills."""
+    with and without QK-norm, the slot on the device and as an argument: no register spills. On Hopper also as a
+    programmatic dependent, which waits for the kernel before it ahead of any memory access (the slot too)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from fishs2.dependent_launch import TRITON_LAUNCHES_DEPENDENTS
     from fishs2.heads_kernel import _heads_kernel
+
+    from .test_attention_kernel import assert_waits_before_any_memory_access
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     if not ptxas.exists():
@@ -116,11 +120,17 @@ def test_kernel_compiles_for_gpus_without_spills(tmp_path: Path):
                              "q_ptr": f"*{dtype}", "slot_ptr": "*i64", "slot": "i32", "eps": "fp32",
                              **{name: "i32" for name in ("qkv_stride_b", "rotation_stride_b", "cache_stride_b",
                                                          "cache_stride_h", "cache_stride_l")},
-                             **{name: "constexpr" for name in ("H", "HKV", "D", "NORM", "SLOT_ON_DEVICE")}}
-                constants = {"H": 32, "HKV": 8, "D": 128, "NORM": norm, "SLOT_ON_DEVICE": on_device}
+                             **{name: "constexpr" for name in ("H", "HKV", "D", "NORM", "SLOT_ON_DEVICE", "PDL")}}
+                pdl = arch >= 90 and TRITON_LAUNCHES_DEPENDENTS and on_device
+                constants = {"H": 32, "HKV": 8, "D": 128, "NORM": norm, "SLOT_ON_DEVICE": on_device, "PDL": pdl}
                 compiled = triton.compile(ASTSource(fn=_heads_kernel, signature=signature, constexprs=constants),
-                                          target=GPUTarget("cuda", arch, 32), options={"num_warps": 1})
+                                          target=GPUTarget("cuda", arch, 32),
+                                          options={"num_warps": 1, **({"launch_pdl": True} if pdl else {})})
                 ptx = compiled.asm["ptx"]
+                if pdl:
+                    assert_waits_before_any_memory_access(ptx, (arch, dtype, norm))
+                else:
+                    assert "griddepcontrol" not in ptx
                 if norm:
                     assert re.search(r"sqrt\.rn(\.ftz)?\.f32", ptx), (arch, dtype)  # as the matvec kernel's RMSNorm
                 (tmp_path / "kernel.ptx").write_text(ptx)

@@ -63,13 +63,13 @@ def test_kernel_arithmetic_through_the_interpreter():
 
 FUSED = textwrap.dedent("""
     import json, torch
-    from fishs2 import matvec_kernel
+    from fishs2 import dependent_launch
     from fishs2.matvec import gemm
     from fishs2.matvec_kernel import CONFIGS, launch
     from fishs2.quantize import quantize_rows
     # pdl=True's code path (the first K step taken before the loop) with no grid dependency to control here
-    matvec_kernel.gdc_wait = matvec_kernel.gdc_launch_dependents = lambda: None
-    matvec_kernel.dependent_launch_supported = lambda device: True
+    dependent_launch.gdc_wait = dependent_launch.gdc_launch_dependents = lambda: None
+    dependent_launch.supported = lambda device: True
     gen = torch.Generator().manual_seed(1)
     worst = {"pdl outputs that differ": 0}
     for dtype in (torch.float32, torch.bfloat16):
@@ -242,9 +242,10 @@ def test_dependent_launch_reads_the_first_weight_tile_before_waiting():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from fishs2.matvec_kernel import _TRITON_LAUNCHES_DEPENDENTS, CONFIGS, _matvec_kernel
+    from fishs2.dependent_launch import TRITON_LAUNCHES_DEPENDENTS
+    from fishs2.matvec_kernel import CONFIGS, _matvec_kernel
 
-    if not _TRITON_LAUNCHES_DEPENDENTS:
+    if not TRITON_LAUNCHES_DEPENDENTS:
         pytest.skip("this Triton has no programmatic dependent launch")
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     signature = {"x_ptr": "*bf16", "w_ptr": "*i8", "scale_ptr": "*bf16", "norm_ptr": "*bf16", "residual_ptr": "*bf16",
@@ -283,20 +284,32 @@ def test_dependent_launch_reads_the_first_weight_tile_before_waiting():
 def test_dependent_launch_needs_hopper_a_recent_driver_and_triton(monkeypatch):
     """Programmatic dependent launch only where all of it exists: compute capability ≥ 9.0, a CUDA driver ≥ 12.3
     (graphs keep the launches' programmatic edges) and a Triton with `launch_pdl`; never off CUDA."""
-    from fishs2 import matvec_kernel
+    from fishs2 import dependent_launch, matvec_kernel
+    from fishs2.attention_kernel import decode_attention, short_attention
+    from fishs2.heads_kernel import prepare_heads
 
     cuda = torch.device("cuda", 0)
-    monkeypatch.setattr(matvec_kernel, "_TRITON_LAUNCHES_DEPENDENTS", True)
+    monkeypatch.setattr(dependent_launch, "TRITON_LAUNCHES_DEPENDENTS", True)
     for capability, driver, expected in (((9, 0), 12080, True), ((10, 0), 13000, True), ((8, 9), 13000, False),
                                          ((9, 0), 12020, False), ((9, 0), 0, False)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
-        monkeypatch.setattr(matvec_kernel, "_cuda_driver_version", lambda d=driver: d)
-        assert matvec_kernel.dependent_launch_supported(cuda) is expected, (capability, driver)
-    assert not matvec_kernel.dependent_launch_supported(torch.device("cpu"))
-    monkeypatch.setattr(matvec_kernel, "_TRITON_LAUNCHES_DEPENDENTS", False)
-    assert not matvec_kernel.dependent_launch_supported(cuda)
-    with pytest.raises(ValueError, match="pdl=True needs a Hopper"):
-        matvec_kernel.matvec(torch.zeros(1, 8, dtype=torch.bfloat16), torch.zeros(4, 8, dtype=torch.bfloat16), pdl=True)
+        monkeypatch.setattr(dependent_launch, "cuda_driver_version", lambda d=driver: d)
+        assert dependent_launch.supported(cuda) is expected, (capability, driver)
+    assert not dependent_launch.supported(torch.device("cpu"))
+    monkeypatch.setattr(dependent_launch, "TRITON_LAUNCHES_DEPENDENTS", False)
+    assert not dependent_launch.supported(cuda)
+    # every kernel refuses pdl=True where it cannot run, by name, before launching anything
+    x = torch.zeros(1, 8, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="matvec: pdl=True needs a Hopper"):
+        matvec_kernel.matvec(x, torch.zeros(4, 8, dtype=torch.bfloat16), pdl=True)
+    q, cache = torch.zeros(1, 2, 1, 16, dtype=torch.bfloat16), torch.zeros(1, 1, 4, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="short_attention: pdl=True needs a Hopper"):
+        short_attention(q, cache, cache, 2, pdl=True)
+    with pytest.raises(ValueError, match="decode_attention: pdl=True needs a Hopper"):
+        decode_attention(q, cache, cache, 2, pdl=True)
+    with pytest.raises(ValueError, match="prepare_heads: pdl=True needs a Hopper"):
+        prepare_heads(torch.zeros(1, 1, 64, dtype=torch.bfloat16), torch.zeros(1, 1, 1, 8, 2), cache, cache, 0, 2,
+                      pdl=True)
 
 
 def test_autotuning_builds_only_configs_that_fit_the_rows():
