@@ -45,6 +45,7 @@ if [ -f "$OUT/tests.log" ]; then
     }
     gate FISHS2_DECODE_ATTENTION "test_decode_attention_kernels|test_short_attention_kernel"
     gate FISHS2_DECODE_HEADS "test_heads_kernel"
+    gate FISHS2_DEPENDENT_LAUNCH "test_dependent_launch_waits|test_decode_layers_kernels_as_dependents"
 fi
 
 step "matrix x vector at the real shapes, in CUDA graphs: bf16 cuBLAS, the int8 kernel (autotuned here), int8 \

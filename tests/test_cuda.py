@@ -280,6 +280,72 @@ def test_dependent_launch_waits_for_the_previous_call(int8):
             assert torch.equal(out, e), rows
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_decode_layers_kernels_as_dependents_match_plain_launches(fast):
+    """A decode step's kernels for four layers chained as the step runs them — wqkv (RMSNorm fused), the heads kernel
+    writing k and v into the cache, the slow AR's two attention kernels or the fast AR's short one, wo with the
+    residual — launched as programmatic dependents, eagerly and replayed from a CUDA graph with the position on the
+    device: bit-identical to plain launches, caches included. A kernel that read q, the new key or the partials
+    before the kernel writing them had finished would differ."""
+    pytest.importorskip("triton")
+    from fishs2.attention_kernel import decode_attention, short_attention
+    from fishs2.dependent_launch import supported as dependent_launch_supported
+    from fishs2.heads_kernel import prepare_heads
+    from fishs2.matvec_kernel import launch
+    from fishs2.model.layers import rope_rotation, rope_table
+
+    if not dependent_launch_supported(torch.device("cuda")):
+        pytest.skip("programmatic dependent launch needs a Hopper or later GPU and Triton ≥ 3.3")
+    gen = torch.Generator(device="cuda").manual_seed(12)
+    dim, heads, kv_heads, head_dim, capacity = 2560, 32, 8, 128, 10 if fast else 2048
+    gain = (torch.rand(dim, device="cuda", generator=gen) + 0.5).to(torch.bfloat16)
+    norm = None if fast else (1 + 0.2 * torch.randn(head_dim, device="cuda", generator=gen)).to(torch.bfloat16)
+    layers = [[(torch.randn(n, k, device="cuda", generator=gen) / k**0.5).to(torch.bfloat16)
+               for n, k in (((heads + 2 * kv_heads) * head_dim, dim), (dim, heads * head_dim))] for _ in range(4)]
+
+    def caches():
+        return [[(torch.randn(1, kv_heads, capacity, head_dim, device="cuda", generator=gen)).to(torch.bfloat16)
+                 for _ in range(2)] for _ in layers]
+
+    def step(x, kv, slot, length, rotation, pdl):
+        for (wqkv, wo), (cache_k, cache_v) in zip(layers, kv):
+            qkv = launch(x, wqkv, None, 4, 512, norm_weight=gain, eps=1e-6, pdl=pdl)[:, None]
+            q = prepare_heads(qkv, rotation, cache_k, cache_v, slot, heads, norm, norm, 1e-6, pdl=pdl)
+            if fast:
+                out = short_attention(q, cache_k, cache_v, length, pdl=pdl)
+            else:
+                out = decode_attention(q, cache_k, cache_v, length, None, pdl=pdl)
+            x = launch(out.reshape(1, heads * head_dim), wo, None, 8, 256, residual=x, pdl=pdl)
+        return x
+
+    position = 7 if fast else 1500
+    rotation = rope_rotation(rope_table(torch.tensor([position], device="cuda"), head_dim, 1e6))
+    inputs = [torch.randn(1, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(4)]
+    start = caches()
+    expected = []
+    for x in inputs:
+        kv = [[t.clone() for t in layer] for layer in start]
+        expected.append((step(x, kv, position, position + 1, rotation, pdl=False), kv))
+        eager_kv = [[t.clone() for t in layer] for layer in start]
+        assert torch.equal(step(x, eager_kv, position, position + 1, rotation, pdl=True), expected[-1][0])
+        assert all(torch.equal(a, b) for la, lb in zip(eager_kv, kv) for a, b in zip(la, lb))
+    static_x, static_kv = inputs[0].clone(), [[t.clone() for t in layer] for layer in start]
+    slot = torch.tensor([position], device="cuda")
+    step(static_x, static_kv, slot, position + 1, rotation, pdl=True)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(static_x, static_kv, slot, position + 1, rotation, pdl=True)
+    for x, (want, want_kv) in zip(inputs[::-1], expected[::-1]):
+        static_x.copy_(x)
+        for layer, fresh in zip(static_kv, start):
+            for t, f in zip(layer, fresh):
+                t.copy_(f)
+        graph.replay()
+        assert torch.equal(out, want)
+        assert all(torch.equal(a, b) for la, lb in zip(static_kv, want_kv) for a, b in zip(la, lb))
+
+
 def test_decode_attention_kernels_at_real_shapes():
     """The decode-attention kernels (32 query heads over 8 KV heads, head_dim 128, bf16) against the PyTorch ops
     (`grouped_attention`) and the exact float64 result: no further from it than the ops' own bf16 error (a quarter
