@@ -5,7 +5,7 @@ matvec kernel (`fishs2.matvec_kernel`), everything else through a GEMM.
   the GEMM fallback dequantises the whole matrix first (5 bytes moved per weight instead of 1).
 - bf16/fp16 weights (`model.layers.Linear`), up to `MAX_ONE_PASS_ROWS` rows (the rows one program holds, so the
   weights are still read once): the kernel beat cuBLAS's GEMV on every matrix of the real architecture in CUDA
-  graphs on an H100 (1.06–1.5×; on an H200 an earlier form matched or beat it, bench/matvec.py). More rows (several
+  graphs on an H100 (1.01–1.5×, stop 14; on an H200 an earlier form matched or beat it, bench/matvec.py). More rows (several
   takes, prefill) are a GEMM's job.
 - Anything else (fp32 weights, the CPU, MPS, a GPU where Triton is missing or cannot build the kernel): the GEMM.
 

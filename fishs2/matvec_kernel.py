@@ -6,7 +6,7 @@ For int8, dequantising W to the activation dtype first (`F.linear(x, W.to(x.dtyp
 re-reads a bf16 copy: 5 bytes per weight instead of 1, which made int8 slower than bf16 on an H100 (28.4 against
 77.9 frames/s). This kernel reads each weight once, accumulates in fp32 and applies the row scale before the one
 rounding to the output dtype. On bf16 weights it beat cuBLAS's GEMV on every matrix of the real architecture in
-CUDA graphs on an H100 (1.06–1.5×, bench/matvec.py), so bf16 decode rows use it too (`fishs2.matvec`). Optional
+CUDA graphs on an H100 (1.01–1.5×, bench/matvec.py), so bf16 decode rows use it too (`fishs2.matvec`). Optional
 variants do a transformer block's work around the matmul in the same pass (RMSNorm of the input, SwiGLU of stacked
 gate and up rows, a residual add), rounding where the unfused PyTorch code rounds. On Hopper and later the kernel can
 be launched as a programmatic dependent (`pdl=True`): it reads its first weight tile while the kernel before it

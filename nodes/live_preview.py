@@ -1,8 +1,9 @@
 """Live preview messages: `fishs2.preview.PreviewChunk`s → ComfyUI websocket messages for the web player.
 
-The engine side (`fishs2.preview`) decodes finished lines while Dual-AR Generate runs; this module only turns each
-chunk into a JSON message and sends it with `PromptServer.instance.send_sync` (thread-safe; broadcast to the
-browsers watching the queue). The web extension listens with `api.addEventListener("fishs2.preview", ...)`,
+The engine side (`fishs2.preview`) decodes the audio while Dual-AR Generate runs (chunks of the current line, and each
+finished line); this module only turns each chunk into a JSON message and sends it with
+`PromptServer.instance.send_sync` (thread-safe), like core's progress messages, to the browser that queued the
+prompt (every browser when the prompt came without a client_id). The web extension listens with `api.addEventListener("fishs2.preview", ...)`,
 matches `node` against the node id and plays `wav` (base64 of a 16-bit mono WAV) at `start / sample_rate`
 seconds. No torch import here.
 """

@@ -737,6 +737,8 @@ def test_troubleshooting_lists_every_row():
     text = DOC.read_text(encoding="utf-8")
     missing = [r.id for r in ROWS if f"`{r.id}`" not in text]
     assert not missing, f"docs/TROUBLESHOOTING.md lacks rows {missing}; regenerate: python -m tests.test_bad_inputs"
+    readme = (DOC.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"({len(ROWS)} cases" in readme, f"README.md's count of troubleshooting cases is not {len(ROWS)}"
 
 
 # ── interrupt and out-of-memory: the model keeps nothing and stays usable ─────────────────────────────────────────

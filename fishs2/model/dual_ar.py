@@ -53,8 +53,10 @@ class DualAR(nn.Module):
         TORCHINDUCTOR_CACHE_DIR or its default), so a later process skips most of the compile time.
 
         Meant for CUDA GPUs, where inductor fuses the small elementwise ops and the CUDA graph replays the compiled
-        kernels. H100, batch 1 (bench/GPU-NOTES.md): bf16 116.8 against 99.1 frames/s; int8 151.7 against 124.7 (the
-        decode rows are a custom op that inductor leaves whole and the Triton kernel serves). On the CPU decode is
+        kernels. H100, batch 1 (bench/GPU-NOTES.md): it won before the decode kernels (stop 13: bf16 116.8 against
+        99.1 frames/s, int8 151.7 against 124.7), and since them it is slightly slower (stop 16: bf16 145.3 against
+        147.8, int8 199.8 against 205.1), so leave it off. The decode rows are a custom op that inductor leaves whole
+        and the Triton kernel serves. On the CPU decode is
         GEMV-bound and gains nothing (33.6 against 35.3 frames/s eager on the bench's mid-size model), and inductor
         cannot lower the CPU's int8 matmul (`FishS2.from_pretrained` refuses int8 + compile off CUDA)."""
         if cache_dir is not None:
