@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .errors import FishS2Error
 from .hub import DEFAULT_REPO
+
+AUDIO_FORMATS = {".wav": "WAV", ".flac": "FLAC"}  # what `say` writes, as 16-bit PCM
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--top-p", type=float, default=0.8)
     say.add_argument("--top-k", type=int, default=30)
     say.add_argument("--chunk-length", type=int, default=200, help="UTF-8 bytes of dialogue per batch")
-    say.add_argument("--out", type=Path, required=True, help="output WAV path")
+    say.add_argument("--out", type=Path, required=True, help="output audio path (.wav or .flac)")
     model_options(say)
 
     enc = sub.add_parser("encode-voice", help="encode a reference clip once and save it for reuse")
@@ -59,29 +63,76 @@ def load(args):
                                   int8=args.dtype == "int8", fp8=args.dtype == "fp8", compile=args.compile)
 
 
+def is_saved_voice(path: Path) -> bool:
+    """Whether a --voice names a saved voice (with or without its .safetensors) rather than an audio file."""
+    from .voice import voice_file
+
+    return path.suffix.lower() == ".safetensors" or (not path.is_file() and voice_file(path).is_file())
+
+
+def check_voices(args) -> None:
+    """Refuse --voice / --voice-text that cannot pair up, before any model is loaded."""
+    audio = [path for path in args.voice if not is_saved_voice(path)]
+    for path in audio:
+        if not path.is_file():
+            raise SystemExit(f"error: --voice {path}: no such audio file or saved voice")
+    if len(audio) != len(args.voice_text):
+        raise SystemExit(f"error: {len(audio)} audio --voice file(s) but {len(args.voice_text)} --voice-text "
+                         "transcript(s); give one transcript per audio file, in order (saved voices need none)")
+
+
+def check_output(path: Path, option: str, suffixes: tuple[str, ...] | None = None) -> None:
+    """Refuse an output path that cannot be written, before minutes of work are spent on it."""
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise SystemExit(f"error: {option} {path}: write {' or '.join(suffixes)} (the file type follows the suffix)")
+    if path.is_dir():
+        raise SystemExit(f"error: {option} {path}: is a folder; give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:  # the folders that will be created
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: {option} {path}: cannot write into {folder}")
+
+
+def write_audio(path: Path, samples, sample_rate: int) -> None:
+    """16-bit PCM in the format the suffix names, written to a temporary file first: an interrupted write never
+    leaves a truncated file, or destroys the one that was there."""
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, samples, sample_rate, subtype="PCM_16", format=AUDIO_FORMATS[path.suffix.lower()])
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def voices_from_args(tts, args):
     from .voice import Voice
 
     voices, texts = [], list(args.voice_text)
     for path in args.voice:
-        if path.suffix == ".safetensors":
+        if is_saved_voice(path):
             voices.append(Voice.load(path))
-        elif not texts:
-            raise SystemExit(f"error: --voice {path}: an audio reference needs its transcript in --voice-text")
-        else:
+        else:  # check_voices paired every audio file with a transcript
             voices.append(tts.encode_voice(path, texts.pop(0), name=path.stem))
-    if texts:
-        raise SystemExit("error: more --voice-text than audio --voice files")
     return voices
 
 
 def say(args) -> None:
-    import soundfile as sf
     from tqdm import tqdm
 
     if (args.text is None) == (args.script is None):
         raise SystemExit("error: give exactly one of --text or --script")
-    text = args.text if args.text is not None else args.script.read_text(encoding="utf-8")
+    check_output(args.out, "--out", tuple(AUDIO_FORMATS))
+    check_voices(args)
+    text = args.text if args.text is not None else read_script(args.script)
     tts = load(args)
     voices = voices_from_args(tts, args)
     with tqdm(desc="generating", unit="frame") as bar:
@@ -89,14 +140,28 @@ def say(args) -> None:
                               top_p=args.top_p, top_k=args.top_k, chunk_length=args.chunk_length,
                               on_frame=lambda done: bar.update(done - bar.n))
     audio = tts.decode(result.codes)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(args.out), audio[0].numpy(), tts.sample_rate, subtype="PCM_16")
+    write_audio(args.out, audio[0].numpy(), tts.sample_rate)
     limited = sum(s.hit_frame_limit for s in result.segments)
     print(f"wrote {args.out}: {result.num_frames} frames, {audio.shape[-1] / tts.sample_rate:.2f} s, seed {result.seed}"
           + (f"; {limited} batch(es) hit --max-frames" if limited else ""))
 
 
+def read_script(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SystemExit(f"error: --script {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as "
+                         "UTF-8") from None
+    except OSError as exc:
+        raise SystemExit(f"error: --script {path}: cannot read it ({exc.strerror or exc})") from None
+
+
 def encode_voice(args) -> None:
+    from .voice import voice_file
+
+    check_output(voice_file(args.out), "--out")
+    if not args.audio.is_file():
+        raise SystemExit(f"error: {args.audio}: no such audio file")
     tts = load(args)
     voice = tts.encode_voice(args.audio, args.text, name=args.name or args.audio.stem)
     path = voice.save(args.out)

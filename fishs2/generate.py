@@ -435,6 +435,9 @@ def generate_frames(
     device = model.device
     if check_every is None:
         check_every = 1 if device.type == "cpu" else 8
+    elif isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ParameterError(f"check_every={check_every!r}: must be an integer ≥ 1 (frames between stop checks), "
+                             "or None for the device's default.")
     if lookahead is None:
         lookahead = device.type != "cpu"
     sampling = DeviceSampling.of(params, model.config, model.dtype, device)

@@ -1,7 +1,9 @@
 """Where checkpoints come from: a local directory, or a Hugging Face hub id downloaded once into a models folder.
 
-A download goes to `<models_dir>/<name>.partial/` and is renamed to `<models_dir>/<name>/` only after every file
+A download goes to `<models_dir>/<folder>.partial/` and is renamed to `<models_dir>/<folder>/` only after every file
 the checkpoint needs is present, so an interrupted download never leaves a directory that loads as if complete.
+The folder is the repository's name for the official owner (`fishaudio/s2-pro` → `s2-pro`, where users put a
+manual download too) and `<owner>--<name>` for any other, so two owners' models of one name never share a folder.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def is_hub_id(source: str) -> bool:
     return bool(_HUB_ID.match(source)) and not Path(source).exists()
 
 
+def hub_folder(repo_id: str) -> str:
+    """The folder a hub id downloads into, inside the models folder (see the module's docstring)."""
+    owner, name = repo_id.split("/")
+    return name if owner == DEFAULT_REPO.split("/")[0] else f"{owner}--{name}"
+
+
 def resolve(
     source: str | Path,
     models_dir: str | Path | None = None,
@@ -75,7 +83,7 @@ def resolve(
         raise CheckpointError(
             f"{source}: no such checkpoint directory, and not a hub id like {DEFAULT_REPO!r}; check the path."
         )
-    target = Path(models_dir or default_models_dir()).expanduser() / str(source).split("/")[-1]
+    target = Path(models_dir or default_models_dir()).expanduser() / hub_folder(str(source))
     if roots:
         _check_inside(target if target.exists() else target.parent, roots)
     if target.is_dir() and not missing_files(target):

@@ -32,9 +32,27 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 
 
-def pick_device(device: str | torch.device | None) -> torch.device:
-    if device not in (None, "auto"):
-        return torch.device(device)
+def pick_device(device: str | torch.device | int | None) -> torch.device:
+    """None/"auto": the first CUDA GPU, else Apple's MPS, else the CPU. Otherwise the device named (a string, a
+    torch.device, or a CUDA index), refused by name when it is not a device or this machine has none of it."""
+    if device in (None, "auto"):
+        return _best_device()
+    try:
+        picked = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ParameterError(f"device={device!r}: not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if picked.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ParameterError(f"device={device!r}: no CUDA GPU is visible to PyTorch here; use cpu or auto.")
+        if picked.index is not None and picked.index >= count:
+            raise ParameterError(f"device={device!r}: there are {count} CUDA GPU(s), numbered 0 … {count - 1}.")
+    elif picked.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ParameterError(f"device={device!r}: Apple's MPS is not available here; use cpu or auto.")
+    return picked
+
+
+def _best_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -584,6 +602,9 @@ def _as_seed(seed) -> int | None:
 
 
 _OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
+# What an allocation failure says when it comes as a plain RuntimeError: MPS and the rest ("out of memory"), the CPU
+# allocator ("DefaultCPUAllocator: can't allocate memory").
+_OOM_MESSAGES = ("out of memory", "can't allocate memory")
 
 
 def free_device_memory(device: torch.device | str) -> None:
@@ -606,7 +627,8 @@ def _out_of_memory_guard(device: torch.device | str, doing: str, advice: str):
     try:
         yield
     except (*_OOM_ERRORS, RuntimeError) as exc:
-        if not isinstance(exc, _OOM_ERRORS) and "out of memory" not in str(exc).lower():
+        message = str(exc).lower()
+        if not isinstance(exc, _OOM_ERRORS) and not any(m in message for m in _OOM_MESSAGES):
             raise
         detail = (str(exc).strip().splitlines() or ["out of memory"])[0][:200]
         traceback.clear_frames(exc.__traceback__)

@@ -103,7 +103,7 @@ class Voice:
         """Write `<path>` (.safetensors) and a `.json` sidecar atomically; returns the safetensors path."""
         from safetensors.torch import save_file
 
-        path = Path(path).with_suffix(".safetensors")
+        path = voice_file(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "name": self.name, "text": self.text, "metadata": self.metadata,
                 "frames": self.num_frames, "codebooks": int(self.codes.shape[0])}
@@ -127,8 +127,7 @@ class Voice:
                 f"{path}: refusing to load a {path.suffix} file as a voice — such files can run code when opened. "
                 "fishs2 voices are .safetensors files (data only); encode the voice again from its audio."
             )
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
+        path = voice_file(path)
         if not path.is_file():
             raise VoiceError(f"{path}: voice file not found; check the path or save the voice first.")
         try:
@@ -141,6 +140,8 @@ class Voice:
                 raise VoiceError(f"{path}: not a fishs2 voice (the file has no fishs2 header); encode the voice again "
                                  "and save it with fishs2.")
             info = json.loads(header["fishs2"])
+        except VoiceError:
+            raise
         except (SafetensorError, OSError, KeyError, ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
             raise VoiceError(f"{path}: not a readable fishs2 voice file ({exc}); save the voice again.") from exc
         if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -158,11 +159,32 @@ class Voice:
         return cls(codes=codes.to(torch.int64), text=text, name=name, metadata=dict(metadata))
 
 
+def voice_file(path: str | Path) -> Path:
+    """The .safetensors file of a voice path: `x.safetensors` as given, the sidecar `x.json` → `x.safetensors`, and
+    any other name gets `.safetensors` appended: a dot inside a name is not a suffix (`Mr.Smith` →
+    `Mr.Smith.safetensors`, never `Mr.safetensors`, which another voice may own)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return path
+    if suffix == ".json":
+        return path.with_suffix(".safetensors")
+    return path.with_name(path.name + ".safetensors")
+
+
+def _new_file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file (0o666 less the umask): `mkstemp` makes 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _new_file_mode())  # readable like any other file the user writes (mkstemp's are private)
         with open(tmp, "rb+") as f:  # the data must be on disk before the rename makes it visible
             os.fsync(f.fileno())
         os.replace(tmp, path)

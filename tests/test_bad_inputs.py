@@ -100,6 +100,11 @@ def speech(seconds: float = 1.5, rate: int = SR, channels: int | None = None) ->
     return x if channels is None else np.stack([x] * channels)
 
 
+def no_cuda_device(c: Ctx):
+    c.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    return FishS2.from_pretrained(c.checkpoint(), device="cuda")
+
+
 # ── checks for accepted rows ──────────────────────────────────────────────────────────────────────────────────────
 def user_text(tts: FishS2, prompt: torch.Tensor) -> str:
     """The decoded text of the last user message of a prompt [K+1, T]."""
@@ -675,7 +680,12 @@ ROWS: list[Row] = [
         ("max_frames", 10**9, "must be an integer in 1 … 4095"), ("max_frames", 2.0, "must be an integer"),
         ("chunk_length", 0, "must be an integer ≥ 1"), ("seed", "abc", "or None for a random seed"),
         ("seed", 1.5, "or None for a random seed"), ("seed", True, "or None for a random seed"),
+        ("check_every", 0, "must be an integer ≥ 1"), ("check_every", 2.5, "must be an integer ≥ 1"),
     ]],
+    R("param-device-unknown", "parameters", "device='tpu'", lambda c: FishS2.from_pretrained(
+        c.checkpoint(), device="tpu"), ParameterError, ("device='tpu'", "not a device"), ("use auto, cpu, cuda",)),
+    R("param-device-no-cuda", "parameters", "device='cuda' on a machine without a CUDA GPU", no_cuda_device,
+      ParameterError, ("device='cuda'", "no CUDA GPU"), ("use cpu or auto",)),
     R("param-temperature-fp16", "parameters", "temperature=1e-4 with fp16 weights (the engine API; nodes stop at 0.01)",
       lambda c: FishS2.from_pretrained(c.checkpoint(), device="cpu", dtype="fp16").generate(
           "Hi.", [c.voice], max_frames=2, seed=1, temperature=1e-4), ParameterError,
@@ -854,6 +864,10 @@ def test_out_of_memory_guard_empties_the_cuda_cache_and_passes_other_errors(monk
     with pytest.raises(OutOfMemoryError, match="MPS backend out of memory"):  # MPS/ROCm raise RuntimeError
         with pipeline._out_of_memory_guard(torch.device("cpu"), "testing", "lower it"):
             raise RuntimeError("MPS backend out of memory (MPS allocated: 9 GB)")
+    with pytest.raises(OutOfMemoryError, match="out of memory on cpu while testing .*can't allocate memory"):
+        with pipeline._out_of_memory_guard(torch.device("cpu"), "testing", "lower it"):  # the CPU allocator's words
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:124] . DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1779200000 bytes. Error code 12 (Cannot allocate memory)")
     with pytest.raises(RuntimeError, match="shape mismatch") as info:  # not an OOM: untouched
         with pipeline._out_of_memory_guard(torch.device("cpu"), "testing", "lower it"):
             raise RuntimeError("shape mismatch")

@@ -201,3 +201,7 @@ def test_completed_download_is_installed_and_reused_offline(tmp_path, monkeypatc
     assert first == tmp_path / "s2-pro" and not missing_files(first)
     assert resolve("fishaudio/s2-pro", models_dir=tmp_path) == first
     assert calls == ["fishaudio/s2-pro"]
+    # another owner's model of the same name gets its own folder: never the official one, and never deletes it
+    other = resolve("someone/s2-pro", models_dir=tmp_path)
+    assert other == tmp_path / "someone--s2-pro" and calls == ["fishaudio/s2-pro", "someone/s2-pro"]
+    assert not missing_files(first)

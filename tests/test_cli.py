@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -77,3 +78,54 @@ def test_say_with_int8_weights_and_a_clear_fp8_refusal(tiny_checkpoint_dir, tmp_
                       "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu")
     assert refused.returncode == 2 and "fp8=True: the cpu has no fp8 matmuls" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "fp8.wav").exists()
+
+
+def test_bad_output_paths_are_refused_before_the_model_loads(tmp_path):
+    """--out that cannot be written is refused up front, with the option named (no model: it never gets that far)."""
+    folder = tmp_path / "taken.wav"
+    folder.mkdir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out, message in ((tmp_path / "o.mp3", "write .wav or .flac"), (tmp_path / "o", "write .wav or .flac"),
+                         (folder, "is a folder"), (blocker / "x.wav", "cannot write into")):
+        result = run_cli("say", "--text", "Hi.", "--out", str(out), "--checkpoint", str(tmp_path / "no-model"))
+        assert result.returncode != 0 and f"error: --out {out}: {message}" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_voice_and_script_mistakes_are_refused_before_the_model_loads(tmp_path):
+    ref = str(SHIPPED / "codec_input.wav")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("Caf\xe9 au lait.".encode("latin-1"))
+    out = str(tmp_path / "o.wav")
+    for args, message in (
+        (["--text", "Hi.", "--voice", ref], "1 audio --voice file(s) but 0 --voice-text"),
+        (["--text", "Hi.", "--voice", str(tmp_path / "missing.wav"), "--voice-text", "t"], "no such audio file"),
+        (["--script", str(latin)], "not UTF-8 text"),
+        (["--script", str(tmp_path / "nowhere.txt")], "cannot read it"),
+        (["--script", str(tmp_path)], "cannot read it"),
+    ):
+        result = run_cli("say", *args, "--out", out, "--checkpoint", str(tmp_path / "no-model"))
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_saved_voice_names_keep_their_dots_and_load_without_suffix(tiny_checkpoint_dir, tmp_path):
+    """`Mr.Smith` and `Mr.Jones` are two voices (the dot is not a suffix to replace), readable by others like any
+    written file, and `--voice voices/Mr.Smith` finds the saved voice without its .safetensors."""
+    voices = tmp_path / "voices"
+    for name in ("Mr.Smith", "Mr.Jones"):
+        enc = run_cli("encode-voice", str(SHIPPED / "codec_input.wav"), "--text", f"I am {name}.",
+                      "--out", str(voices / name), "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu")
+        assert enc.returncode == 0, enc.stderr
+    saved = sorted(p.name for p in voices.iterdir())
+    assert saved == ["Mr.Jones.json", "Mr.Jones.safetensors", "Mr.Smith.json", "Mr.Smith.safetensors"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in voices.iterdir()} == {0o666 & ~umask}
+    out = tmp_path / "out.flac"
+    say = run_cli("say", "--text", "Hello.", "--voice", str(voices / "Mr.Smith"), "--max-frames", "4", "--seed", "1",
+                  "--out", str(out), "--checkpoint", str(tiny_checkpoint_dir), "--device", "cpu")
+    assert say.returncode == 0, say.stderr
+    assert sf.info(str(out)).format == "FLAC"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.flac.")]  # no temporary file left
