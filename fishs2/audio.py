@@ -47,6 +47,15 @@ def load_audio(path: str | Path) -> tuple[torch.Tensor, int]:
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sample_rate)
 
 
+def audio_seconds(path: str | Path) -> float | None:
+    """How long an audio file is, from its header alone (no samples read), or None when soundfile cannot tell."""
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames > 0 else None
+
+
 def _check_wav_complete(path: Path) -> None:
     """AudioError if a RIFF/WAVE file's data chunk announces more bytes than the file holds (a cut-off copy or
     download): libsndfile would silently return the part that is there, and the transcript would no longer match."""

@@ -227,12 +227,15 @@ class FishS2:
     def encode_voice(self, audio, text: str, sample_rate: int | None = None, name: str = "") -> Voice:
         """Reference audio (a file path, or samples [L] / [C, L] / [1, C, L] with `sample_rate`) + its transcript
         → a `Voice` of codes [K, T]."""
-        from .audio import load_audio, prepare_reference
+        from .audio import audio_seconds, load_audio, prepare_reference
 
         transcript = _check_transcript(text, "text (the transcript of the reference clip)")
         if not isinstance(name, str):
             raise VoiceError(f"name: expected a string, got {type(name).__name__}.")
         if isinstance(audio, (str, Path)):
+            seconds = audio_seconds(audio) if Path(audio).is_file() else None
+            if seconds is not None:  # before reading it: an hour-long recording would fill the memory first
+                _refuse_long(seconds)
             waveform, sample_rate = load_audio(audio)
             source = str(audio)
         else:
@@ -253,7 +256,7 @@ class FishS2:
     def load_voice(self, path: str | Path) -> Voice:
         """`Voice.load(path)`, checked against this model: codebook count, code ranges, transcript."""
         voice = Voice.load(path)
-        voice.check_codes(self.config.num_codebooks, self.codec.semantic_codebook_size, self.codec.codebook_size)
+        voice.check_codes(self.config.num_codebooks, self.config.codebook_size)
         _check_transcript(voice.text, f"{path}: transcript")
         return voice
 
@@ -278,7 +281,7 @@ class FishS2:
             raise ParameterError(f"chunk_length={chunk_length!r}: must be an integer ≥ 1 (UTF-8 bytes per batch).")
         voices = _check_voices(voices)
         for voice in voices:
-            voice.check_codes(self.config.num_codebooks, self.codec.semantic_codebook_size, self.codec.codebook_size)
+            voice.check_codes(self.config.num_codebooks, self.config.codebook_size)
             _check_transcript(voice.text, f"voice {voice.name!r}: transcript" if voice.name else "voice transcript")
         if voices:
             speakers = {int(m) for turn in turns for m in re.findall(r"<\|speaker:(\d+)\|>", turn)}
@@ -317,6 +320,10 @@ class FishS2:
         only the first one captures them.
         `check_every` sets how many frames run between host reads of the stop token (default 1 on the CPU, 8 on
         GPUs)."""
+        temperature, top_p, top_k, max_frames, chunk_length, takes, check_every = map(
+            _plain, (temperature, top_p, top_k, max_frames, chunk_length, takes, check_every))
+        if mode is not None and not isinstance(mode, AttentionMode):
+            raise ParameterError(f"mode={mode!r}: must be a fishs2.model.AttentionMode, or None (the fast path).")
         if cuda_graph is None:  # the official formulation (a `mode` for comparisons) keeps its own decode loop
             cuda_graph = self.device.type == "cuda" and (mode is None or mode == AttentionMode())
         params = SamplingParams(temperature, top_p, top_k)
@@ -385,10 +392,19 @@ class FishS2:
                 which = "the text" if len(batches) == 1 else (
                     f"turn {turn_indices[0] + 1}" if len(turn_indices) == 1
                     else f"turns {turn_indices[0] + 1}–{turn_indices[-1] + 1}")
+                text_only = self.prompts.build(batch_text, []).shape[1]
+                voices_take = length - text_only
+                if voices_take >= text_only:  # the references are the problem: say which one weighs most
+                    i, longest = max(enumerate(references), key=lambda r: r[1].codes.shape[1] + len(r[1].text))
+                    fix = (f"use shorter reference clips (10–30 s) or fewer voices; the longest is speaker {i}'s: "
+                           f"{longest.codes.shape[1] * self.codec.frame_length / self.sample_rate:.0f} s of audio and a {len(longest.text)}"
+                           "-character transcript")
+                else:
+                    fix = ("split long text into turns (start each paragraph with <|speaker:0|>) — turns are "
+                           "generated one batch after another")
                 raise TextError(
-                    f"text: the prompt for {which} (reference voices + text) takes {length} positions but the "
-                    f"model's context holds {limit}; split long text into turns (start each paragraph with "
-                    "<|speaker:0|>) — turns are generated one batch after another — or use a shorter reference clip."
+                    f"text: the prompt for {which} takes {length} positions (reference voices {voices_take}, text "
+                    f"{text_only}) but the model's context holds {limit}; {fix}."
                 )
             if length + max_frames > limit:
                 raise ParameterError(
@@ -407,6 +423,7 @@ class FishS2:
         are released, nothing is kept, and the model is ready for the next request.
         """
         seed = normalize_seed(_as_seed(seed))
+        takes = _plain(takes)
         if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
             raise ParameterError(f"takes={takes!r}: must be an integer ≥ 1.")
         results = [Generation(seed=seed + i) for i in range(takes)]
@@ -584,12 +601,23 @@ def _check_duration(waveform, sample_rate) -> None:
     shape = getattr(waveform, "shape", None)
     if not shape or isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real) or sample_rate <= 0:
         return  # prepare_reference names the problem
-    seconds = shape[-1] / float(sample_rate)
+    _refuse_long(shape[-1] / float(sample_rate))
+
+
+def _refuse_long(seconds: float) -> None:
     if seconds > MAX_SECONDS:
         raise AudioError(
             f"reference audio: is {seconds / 60:.1f} min long; at most {MAX_SECONDS:.0f} s can be used and 10–30 s "
             "is best — cut a clip of clean speech (and give its transcript)."
         )
+
+
+def _plain(value):
+    """NumPy's (and any registered) number scalars as Python's int or float, so that np.int64(30) passes the checks
+    30 passes; bools and everything else unchanged, for the checks to name."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def _as_seed(seed) -> int | None:

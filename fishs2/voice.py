@@ -78,8 +78,10 @@ class Voice:
     def num_frames(self) -> int:
         return self.codes.shape[1]
 
-    def check_codes(self, num_codebooks: int, semantic_size: int, residual_size: int) -> None:
-        """Raise VoiceError unless the codes fit a model with these codebook sizes."""
+    def check_codes(self, num_codebooks: int, codebook_size: int) -> None:
+        """Raise VoiceError unless the codes fit a model with `num_codebooks` codebooks whose prompt embeds codes
+        0 … codebook_size − 1 in each (the fast AR's vocabulary: the codec's residual codes stop at 1024 in S2 Pro,
+        but a generated take, which may hold residual codes up to 4095, is a voice too)."""
         label = f"voice {self.name!r}" if self.name else "voice"
         c = self.codes
         if not isinstance(c, torch.Tensor):
@@ -92,11 +94,10 @@ class Voice:
             raise VoiceError(f"{label}: has {c.shape[0]} codebooks, the model uses {num_codebooks}; re-encode the voice with this model.")
         if c.shape[1] < 1:
             raise VoiceError(f"{label}: holds no frames; re-encode it from a longer clip.")
-        if int(c.min()) < 0 or int(c[0].max()) >= semantic_size or (c.shape[0] > 1 and int(c[1:].max()) >= residual_size):
+        if int(c.min()) < 0 or int(c.max()) >= codebook_size:
             raise VoiceError(
-                f"{label}: code values {int(c.min())} … {int(c.max())} are out of range for this model's codec "
-                f"(0 … {semantic_size - 1} in codebook 0, 0 … {residual_size - 1} in the others); re-encode the voice "
-                "with this model."
+                f"{label}: code values {int(c.min())} … {int(c.max())} are out of range for this model (0 … "
+                f"{codebook_size - 1}); re-encode the voice with this model."
             )
 
     def save(self, path: str | Path) -> Path:

@@ -100,6 +100,13 @@ def speech(seconds: float = 1.5, rate: int = SR, channels: int | None = None) ->
     return x if channels is None else np.stack([x] * channels)
 
 
+def numpy_numbers(c: Ctx):
+    plain = c.tts.generate_takes("Hi.", [c.voice], seed=3, takes=2, max_frames=2, temperature=0.5, top_k=30)
+    numbers = c.tts.generate_takes("Hi.", [c.voice], seed=3, takes=np.int64(2), max_frames=np.int64(2),
+                                   temperature=np.float32(0.5), top_k=np.int64(30))
+    assert all(torch.equal(a.codes, b.codes) for a, b in zip(plain, numbers))
+
+
 def no_cuda_device(c: Ctx):
     c.monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     return FishS2.from_pretrained(c.checkpoint(), device="cuda")
@@ -449,6 +456,11 @@ ROWS: list[Row] = [
       TextError, ("text", "U+D800", "column 3"), ("paste the text again",)),
     R("text-1mb", "text", "1 MB of text without speaker labels", lambda c: c.say("word " * 200_000), TextError,
       ("text", "context holds 4096"), ("split long text into turns", "<|speaker:0|>")),
+    R("text-references-too-long", "text", "one word, with reference voices that fill the context",
+      lambda c: c.say("Hi.", [Voice(torch.zeros(10, 200 if i == 5 else 65, dtype=torch.long), f"voice {i}")
+                              for i in range(70)]),
+      TextError, ("text", "reference voices", "context holds 4096"),
+      ("use shorter reference clips (10–30 s) or fewer voices", "the longest is speaker 5's")),
     R("text-not-a-string", "text", "a number instead of text", lambda c: c.say(123), TextError,
       ("text", "got int"), ("pass the words to speak as text",)),
     R("text-none", "text", "None", lambda c: c.say(None), TextError, ("text", "got NoneType"), ("pass the words",)),
@@ -698,6 +710,11 @@ ROWS: list[Row] = [
     R("param-seed-huge", "parameters", "seed=2**64+3", huge_seed, None,
       outcome="accepted; folded modulo 2⁶³ (takes continue past it: seed … seed+takes−1)"),
     R("param-seed-numpy", "parameters", "seed=np.int64(7)", numpy_seed, None, outcome="accepted as 7"),
+    R("param-numpy-numbers", "parameters", "NumPy numbers: temperature=np.float32(0.5), top_k=np.int64(30), "
+      "max_frames=np.int64(2), takes=np.int64(2)", numpy_numbers, None,
+      outcome="accepted as the Python numbers they hold"),
+    R("param-mode-string", "parameters", "mode='fast' (a string)", lambda c: c.say("Hi.", mode="fast"),
+      ParameterError, ("mode='fast'",), ("must be a fishs2.model.AttentionMode, or None",)),
     R("param-seed-none", "parameters", "seed=None", random_seed, None,
       outcome="a random seed is drawn and reported in `result.seed`; re-using it reproduces the take"),
     # failures

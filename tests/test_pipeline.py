@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from fishs2.errors import ParameterError, TextError, VoiceError
+from fishs2.errors import AudioError, ParameterError, TextError, VoiceError
 from fishs2.generate import FrameEvent, SegmentEvent
 from fishs2.voice import Voice
 
@@ -145,6 +146,17 @@ def test_voice_roundtrip_and_validation(tmp_path, tiny_tts, voice):
         tiny_tts.generate("Hi.", [bad], max_frames=2)
 
 
+def test_a_generated_take_is_a_voice(tmp_path, tiny_tts, voice):
+    """A take's codes (residual codes may exceed the codec's codebooks: the fast AR's vocabulary is wider, 4096
+    against 1024 in S2 Pro) go back into a prompt as a voice, also after a save and load."""
+    take = tiny_tts.generate("Hello there, friend.", [voice], seed=1, max_frames=30)
+    assert int(take.codes[1:].max()) >= tiny_tts.codec.codebook_size  # the case the check used to refuse
+    reused = Voice(take.codes, "Hello there, friend.", name="take")
+    loaded = tiny_tts.load_voice(reused.save(tmp_path / "take"))
+    again = tiny_tts.generate("Next line.", [loaded], seed=2, max_frames=5)
+    assert again.num_frames > 0
+
+
 def test_int8_loading_quantises_and_generates(tiny_checkpoint_dir, tiny_tts):
     from fishs2 import FishS2
 
@@ -214,3 +226,14 @@ def test_warm_up_keeps_the_decoder_of_its_bucket_and_changes_no_result(tiny_tts)
 def test_warm_up_rejects_bad_sizes(tiny_tts, kwargs, match):
     with pytest.raises(ParameterError, match=match):
         tiny_tts.warm_up(**kwargs)
+
+
+def test_a_long_recording_is_refused_before_its_samples_are_read(tmp_path, tiny_tts, monkeypatch):
+    """The length comes from the file's header: an hour-long file must not be read into memory just to be refused."""
+    import soundfile
+
+    long_file = tmp_path / "ten-minutes.wav"
+    soundfile.write(str(long_file), np.zeros(600 * 8000, np.int16), 8000, subtype="PCM_16")
+    monkeypatch.setattr(soundfile, "read", lambda *a, **k: pytest.fail("the samples were read"))
+    with pytest.raises(AudioError, match="is 10.0 min long"):
+        tiny_tts.encode_voice(long_file, "A transcript.")
