@@ -127,8 +127,11 @@ class FishS2:
         directory = hub.resolve(source, models_dir, progress, models_root=models_root)
         device = pick_device(device)
         dtype = pick_dtype(dtype, device)
+        if isinstance(codec_dtype, str) and codec_dtype in DTYPES:
+            codec_dtype = DTYPES[codec_dtype]
         if codec_dtype not in DTYPES.values():
-            raise ParameterError(f"codec_dtype={codec_dtype}: use torch.float32 (default), torch.bfloat16 or torch.float16.")
+            raise ParameterError(f"codec_dtype={codec_dtype!r}: use fp32 (default), bf16 or fp16 (or the torch "
+                                 "dtypes).")
         try:
             config = ModelConfig.from_file(directory / "config.json")
         except CheckpointError as exc:
@@ -209,6 +212,10 @@ class FishS2:
         multiple of 1024 positions (`generate.static_capacity`)."""
         from .memory import estimate_memory
 
+        for name, value in (("max_frames", max_frames), ("prompt_len", prompt_len), ("takes", takes)):
+            value = _plain(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParameterError(f"{name}={value!r}: must be an integer ≥ 1.")
         positions = prompt_len + max_frames
         if self.device.type == "cuda" if cuda_graph is None else cuda_graph:
             positions = static_capacity(min(positions, self.config.max_seq_len), self.config.max_seq_len)
@@ -233,6 +240,9 @@ class FishS2:
         if not isinstance(name, str):
             raise VoiceError(f"name: expected a string, got {type(name).__name__}.")
         if isinstance(audio, (str, Path)):
+            if sample_rate is not None:
+                raise ParameterError(f"sample_rate={sample_rate!r}: only for samples; the file {audio} carries its own "
+                                     "rate — leave sample_rate out.")
             seconds = audio_seconds(audio) if Path(audio).is_file() else None
             if seconds is not None:  # before reading it: an hour-long recording would fill the memory first
                 _refuse_long(seconds)
@@ -500,10 +510,16 @@ def _turn_text(turn) -> str:
     return f"<|speaker:{turn.speaker}|>{turn.text}"
 
 
+def _canonical_labels(text: str) -> str:
+    """`<|speaker:007|>` → `<|speaker:7|>`: the label is plain text to the model, which learnt the form without
+    leading zeros, and the voice check reads both as speaker 7."""
+    return re.sub(r"<\|speaker:0*(\d+)\|>", r"<|speaker:\1|>", text)
+
+
 def _split_text(text) -> tuple[list[str], list[str]]:
     """`text` (a string or a list of turns) → checked turn texts and the input name of each, for messages."""
     if isinstance(text, str):
-        clean = _check_text(text, "text")
+        clean = _canonical_labels(_check_text(text, "text"))
         turns = split_turns(clean) if SPEAKER_TAG.search(clean) else [clean.strip()]
         if not turns:
             raise TextError("text: is empty; type what the voice should say.")
@@ -520,7 +536,7 @@ def _split_text(text) -> tuple[list[str], list[str]]:
             else:
                 raise TextError(f"text[{i}]: expected a string or a script Turn, got {type(turn).__name__}.")
             names.append(f"text[{i}]")
-            turns.append(_check_text(body, names[-1]).strip())
+            turns.append(_canonical_labels(_check_text(body, names[-1])).strip())
     else:
         raise TextError(
             f"text: expected a string (or a list of turns), got {type(text).__name__}; pass the words to speak as text."
@@ -573,6 +589,10 @@ def _check_transcript(text, input_name: str) -> str:
                         "in the reference clip.")
     if any("\ud800" <= ch <= "\udfff" for ch in text):
         raise TextError(f"{input_name}: holds a broken character (a lone UTF-16 surrogate); paste the text again.")
+    label = _SPEAKER_LABEL.search(text)
+    if label:  # the prompt labels each reference with its speaker: a second label inside would relabel the voice
+        raise TextError(f"{input_name}: holds the speaker label {label.group(0)}; give only the words spoken in the "
+                        "clip (each voice is labelled with its speaker automatically).")
     return normalize_text(text, input_name).strip()
 
 

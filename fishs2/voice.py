@@ -78,23 +78,34 @@ class Voice:
     def num_frames(self) -> int:
         return self.codes.shape[1]
 
+    @property
+    def label(self) -> str:
+        return f"voice {self.name!r}" if self.name else "voice"
+
+    def check_tensor(self) -> None:
+        """Raise VoiceError unless the codes are an integer tensor [codebooks, frames ≥ 1] of values ≥ 0."""
+        c = self.codes
+        if not isinstance(c, torch.Tensor):
+            raise VoiceError(f"{self.label}: codes must be a torch tensor [codebooks, frames], got "
+                             f"{type(c).__name__}; make voices with encode_voice or Voice.load.")
+        if c.dtype.is_floating_point or c.is_complex() or c.dtype == torch.bool or c.dim() != 2:
+            raise VoiceError(f"{self.label}: codes must be an integer tensor [codebooks, frames], got {c.dtype} "
+                             f"{list(c.shape)}; re-encode the voice with this model.")
+        if c.shape[1] < 1:
+            raise VoiceError(f"{self.label}: holds no frames; re-encode it from a longer clip.")
+        if int(c.min()) < 0:
+            raise VoiceError(f"{self.label}: holds negative codes ({int(c.min())}); re-encode the voice.")
+
     def check_codes(self, num_codebooks: int, codebook_size: int) -> None:
         """Raise VoiceError unless the codes fit a model with `num_codebooks` codebooks whose prompt embeds codes
         0 … codebook_size − 1 in each (the fast AR's vocabulary: the codec's residual codes stop at 1024 in S2 Pro,
         but a generated take, which may hold residual codes up to 4095, is a voice too)."""
-        label = f"voice {self.name!r}" if self.name else "voice"
+        label = self.label
+        self.check_tensor()
         c = self.codes
-        if not isinstance(c, torch.Tensor):
-            raise VoiceError(f"{label}: codes must be a torch tensor [codebooks, frames], got {type(c).__name__}; "
-                             "make voices with encode_voice or Voice.load.")
-        if c.dtype.is_floating_point or c.dtype == torch.bool or c.dim() != 2:
-            raise VoiceError(f"{label}: codes must be an integer tensor [codebooks, frames], got {c.dtype} "
-                             f"{list(c.shape)}; re-encode the voice with this model.")
         if c.shape[0] != num_codebooks:
             raise VoiceError(f"{label}: has {c.shape[0]} codebooks, the model uses {num_codebooks}; re-encode the voice with this model.")
-        if c.shape[1] < 1:
-            raise VoiceError(f"{label}: holds no frames; re-encode it from a longer clip.")
-        if int(c.min()) < 0 or int(c.max()) >= codebook_size:
+        if int(c.max()) >= codebook_size:
             raise VoiceError(
                 f"{label}: code values {int(c.min())} … {int(c.max())} are out of range for this model (0 … "
                 f"{codebook_size - 1}); re-encode the voice with this model."
@@ -104,17 +115,35 @@ class Voice:
         """Write `<path>` (.safetensors) and a `.json` sidecar atomically; returns the safetensors path."""
         from safetensors.torch import save_file
 
+        self.check_tensor()
+        for field_name, value in (("text", self.text), ("name", self.name)):
+            if not isinstance(value, str):
+                raise VoiceError(f"{self.label}: {field_name} must be a string, got {type(value).__name__}.")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise VoiceError(f"{self.label}: the {field_name} holds U+{ord(value[exc.start]):04X}, half of a "
+                                 "character (broken unicode); type or paste it again.") from None
         path = voice_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = {"format": FORMAT, "name": self.name, "text": self.text, "metadata": self.metadata,
                 "frames": self.num_frames, "codebooks": int(self.codes.shape[0])}
         try:
-            header = {"fishs2": json.dumps(info, ensure_ascii=False)}
+            header = {"fishs2": json.dumps(info, ensure_ascii=False, allow_nan=False)}
         except (TypeError, ValueError) as exc:
-            raise VoiceError(f"voice {self.name!r}: metadata must be plain JSON data (text, numbers, lists, dicts): {exc}.") from exc
-        _atomic_write(path, lambda tmp: save_file({"codes": self.codes.to(torch.int64).contiguous()}, tmp, metadata=header))
-        sidecar = path.with_suffix(".json")
-        _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8"))
+            raise VoiceError(f"{self.label}: metadata must be plain JSON data (text, finite numbers, lists, dicts): "
+                             f"{exc}.") from exc
+        try:
+            if path.is_dir():
+                raise IsADirectoryError(f"{path} is a folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            codes = self.codes.to(torch.int64).contiguous()
+            _atomic_write(path, lambda tmp: save_file({"codes": codes}, tmp, metadata=header))
+            sidecar = path.with_suffix(".json")
+            _atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(info, ensure_ascii=False, indent=2),
+                                                                    encoding="utf-8"))
+        except OSError as exc:
+            raise VoiceError(f"{self.label}: cannot write {path} ({exc.strerror or exc}); pick a folder you can "
+                             "write to.") from exc
         return path
 
     @classmethod

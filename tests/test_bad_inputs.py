@@ -606,6 +606,21 @@ ROWS: list[Row] = [
     R("voice-metadata-not-json", "voice file", "saving metadata that is not JSON", lambda c: Voice(
         c.voice.codes, "x", "m", {"t": torch.zeros(1)}).save(c.fresh_dir("m") / "m"), VoiceError, ("voice 'm'", "metadata"),
       ("plain JSON data",)),
+    R("voice-transcript-speaker-label", "voice", "a transcript holding `<|speaker:1|>`", lambda c: c.say(
+        "Hi.", [Voice(c.voice.codes, "<|speaker:1|>Hello there.", "t")]), TextError,
+      ("transcript", "<|speaker:1|>"), ("give only the words spoken in the clip",)),
+    R("voice-save-nan-metadata", "voice file", "saving metadata holding NaN", lambda c: Voice(
+        c.voice.codes, "x", "m", {"gain": float("nan")}).save(c.fresh_dir("m") / "m"), VoiceError,
+      ("voice 'm'", "metadata"), ("finite numbers",)),
+    R("voice-save-list-codes", "voice file", "saving codes given as a list", lambda c: Voice(
+        [[1, 2]], "x", "l").save(c.fresh_dir("l") / "l"), VoiceError, ("voice 'l'", "got list"),
+      ("make voices with encode_voice or Voice.load",)),
+    R("voice-save-broken-text", "voice file", "saving a transcript with a lone surrogate", lambda c: Voice(
+        c.voice.codes, "ab\ud800", "s").save(c.fresh_dir("s") / "s"), VoiceError, ("voice 's'", "U+D800"),
+      ("type or paste it again",)),
+    R("voice-save-onto-folder", "voice file", "saving onto an existing folder", lambda c: Voice(
+        c.voice.codes, "x", "d").save((lambda d: (d / "d.safetensors").mkdir() or d / "d")(c.fresh_dir("d"))),
+      VoiceError, ("voice 'd'", "cannot write"), ("pick a folder you can write to",)),
     # codes
     R("codes-out-of-range", "codes", "indices beyond the model's codebooks", lambda c: c.tts.decode(
         torch.full((10, 4), 5000)), CodesError, ("codes", "5000"), ("pass the codes of a Generation made by this model",)),
@@ -904,7 +919,7 @@ def test_failed_call_is_not_half_applied_to_a_voice_file(tmp_path, voice, monkey
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
     changed = Voice(voice.codes[:, :5].clone(), "other text", "narrator")
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(VoiceError, match=r"cannot write .*narrator.safetensors \(disk full\)"):
         changed.save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["narrator.json", "narrator.safetensors"]

@@ -237,3 +237,13 @@ def test_a_long_recording_is_refused_before_its_samples_are_read(tmp_path, tiny_
     monkeypatch.setattr(soundfile, "read", lambda *a, **k: pytest.fail("the samples were read"))
     with pytest.raises(AudioError, match="is 10.0 min long"):
         tiny_tts.encode_voice(long_file, "A transcript.")
+
+
+def test_speaker_labels_with_leading_zeros_are_the_plain_label(tiny_tts, voice):
+    """`<|speaker:00|>` is speaker 0 for the voice check and in the prompt the model sees (the label is plain text
+    to it): the same codes as `<|speaker:0|>`."""
+    plain = tiny_tts.generate("<|speaker:0|>Hello there.", [voice], seed=4, max_frames=6)
+    padded = tiny_tts.generate("<|speaker:00|>Hello there.", [voice], seed=4, max_frames=6)
+    assert torch.equal(plain.codes, padded.codes)
+    batches, _ = tiny_tts.plan(["<|speaker:000|>Line."], [voice], 200)
+    assert batches[0][0].startswith("<|speaker:0|>")
