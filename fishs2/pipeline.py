@@ -329,7 +329,7 @@ class FishS2:
         caches for later requests of the same number of takes and a similar length (`generate.StaticDecoder`), so
         only the first one captures them.
         `check_every` sets how many frames run between host reads of the stop token (default 1 on the CPU, 8 on
-        GPUs)."""
+        GPUs). Every input is checked when `stream` is called, before the first event is asked for."""
         temperature, top_p, top_k, max_frames, chunk_length, takes, check_every = map(
             _plain, (temperature, top_p, top_k, max_frames, chunk_length, takes, check_every))
         if mode is not None and not isinstance(mode, AttentionMode):
@@ -344,9 +344,17 @@ class FishS2:
             )
         if isinstance(takes, bool) or not isinstance(takes, int) or takes < 1:
             raise ParameterError(f"takes={takes!r}: must be an integer ≥ 1.")
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
+                                        or check_every < 1):
+            raise ParameterError(f"check_every={check_every!r}: must be an integer ≥ 1 (frames between stop checks), "
+                                 "or None for the device's default.")
         batches, references = self.plan(text, voices, chunk_length)
         self._check_fits(batches, references, max_frames)
         seed = normalize_seed(_as_seed(seed))
+        return self._events(batches, references, params, max_frames, seed, takes, mode, cuda_graph, check_every)
+
+    def _events(self, batches, references, params, max_frames, seed, takes, mode, cuda_graph, check_every):
+        """`stream`'s generator, over checked inputs."""
         generators = make_generators([seed + i for i in range(takes)], self.device)
         with _out_of_memory_guard(
             self.device, f"generating {takes} take(s) of up to {max_frames} frames in {self.dtype}",

@@ -247,3 +247,11 @@ def test_speaker_labels_with_leading_zeros_are_the_plain_label(tiny_tts, voice):
     assert torch.equal(plain.codes, padded.codes)
     batches, _ = tiny_tts.plan(["<|speaker:000|>Line."], [voice], 200)
     assert batches[0][0].startswith("<|speaker:0|>")
+
+
+def test_stream_checks_its_inputs_when_called(tiny_tts, voice):
+    """Mistakes surface at the call, not at the first `next()` somewhere later in the caller's loop."""
+    with pytest.raises(TextError, match="empty"):
+        tiny_tts.stream("   ", [voice])
+    with pytest.raises(ParameterError, match="check_every=0"):
+        tiny_tts.stream("Hi.", [voice], check_every=0)
