@@ -43,6 +43,7 @@ from typing import Iterable, Sequence
 from .errors import TextError
 
 __all__ = [
+    "fold_name",
     "Turn",
     "Script",
     "Tag",
@@ -334,18 +335,23 @@ def parse_script(text: str, input_name: str = "script") -> Script:
             )
         if name is None:
             speaker = None
-        else:
-            if name not in index:
-                index[name] = len(speakers)
+        else:  # one speaker however the script spells the name (`ALICE:` and `Alice:`); the first spelling names it
+            key = fold_name(name)
+            if key not in index:
+                index[key] = len(speakers)
                 speakers.append(name)
-            speaker = index[name]
+            speaker = index[key]
         out_turns.append(Turn(speaker, escape_special_tokens(body)))
         out_lines.append(line)
     return Script(turns=tuple(out_turns), speakers=tuple(speakers), lines=tuple(out_lines))
 
 
-def _fold(name: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+def fold_name(name: str) -> str:
+    """What two spellings of one name share: letters and digits, case-folded (`Mr. Brown`, `MR BROWN` and the
+    voice library's file-safe `Mr_ Brown` are one name; so are `O'Neil` and `O_Neil`)."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    kept = "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+    return kept or " ".join(folded.split())
 
 
 def assign_slots(
@@ -362,7 +368,8 @@ def assign_slots(
     i has a voice at all (default: every slot in `voice_names` is connected). Rules, in order:
 
     1. numbered names (`Voice2`, `S2`, `Speaker 2`) take their slot;
-    2. a name equal (case- and space-insensitive) to a connected voice's name takes that voice's slot;
+    2. a name equal to a connected voice's name up to case, spaces and punctuation (`fold_name`) takes that
+       voice's slot;
     3. the remaining names take the still-unclaimed connected slots in slot order, in order of first appearance.
 
     Raises TextError naming the speaker and the socket to connect when a numbered slot has no voice or when the
@@ -395,11 +402,11 @@ def assign_slots(
             claimed.add(slot)
     by_name = {}
     for slot, vname in enumerate(voice_names):
-        if slot < n_slots and connected[slot] and vname and _fold(vname) not in by_name:
-            by_name[_fold(vname)] = slot
+        if slot < n_slots and connected[slot] and vname and fold_name(vname) not in by_name:
+            by_name[fold_name(vname)] = slot
     for i, name in enumerate(speakers):
-        if slots[i] is None and _fold(name) in by_name and by_name[_fold(name)] not in claimed:
-            slots[i] = by_name[_fold(name)]
+        if slots[i] is None and fold_name(name) in by_name and by_name[fold_name(name)] not in claimed:
+            slots[i] = by_name[fold_name(name)]
             claimed.add(slots[i])
     free_slots = iter(s for s in range(n_slots) if connected[s] and s not in claimed)
     for i, name in enumerate(speakers):

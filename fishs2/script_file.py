@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TextError
-from .script import Script, Turn, normalize_text, parse_script, speaker_number, strip_tags, validate_tagged_text
+from .script import (Script, Turn, fold_name, normalize_text, parse_script, speaker_number, strip_tags,
+                     validate_tagged_text)
 
 FORMATS = ("txt", "srt", "json")
 SUFFIXES = {".txt": "txt", ".text": "txt", ".md": "txt", ".srt": "srt", ".json": "json"}
@@ -199,11 +200,12 @@ class _Builder:
         if len(pieces) > 1:
             self.split_count += 1
         slot = None
-        if speaker is not None:
-            if speaker not in self.index:
-                self.index[speaker] = len(self.speakers)
+        if speaker is not None:  # one speaker however the file spells the name, as in `parse_script`
+            key = fold_name(speaker)
+            if key not in self.index:
+                self.index[key] = len(self.speakers)
                 self.speakers.append(speaker)
-            slot = self.index[speaker]
+            slot = self.index[key]
         for piece in pieces:
             self.turns.append(Turn(slot, validate_tagged_text(piece, f"{self.name}, {where}")))
             self.lines.append(line)

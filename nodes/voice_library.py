@@ -55,9 +55,13 @@ def list_voices() -> list[str]:
 
 
 def voice_path(name: str, input_name: str = "voice") -> str:
-    """The file of a listed voice. Only names that `sanitize_voice_name` leaves unchanged are accepted, and the
-    resolved file must lie inside a voices folder (a symlink pointing elsewhere is refused)."""
-    if not name or sanitize_voice_name(name, input_name) != name:
+    """The file of a listed voice. Accepted: names `sanitize_voice_name` leaves unchanged (what Save Voice writes)
+    and names `list_voices` lists (a file copied in as `my.voice.safetensors`, or named in decomposed unicode by
+    macOS) — both without path separators or `..`; the resolved file must lie inside a voices folder (a symlink
+    pointing elsewhere is refused)."""
+    plain = (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+             and "\0" not in name)
+    if not plain or (sanitize_voice_name(name, input_name) != name and name not in list_voices()):
         raise VoiceError(f"{input_name}: {name!r} is not a voice library name; pick a voice from the list.")
     for folder in paths.voice_dirs():
         path = os.path.join(folder, f"{name}.safetensors")

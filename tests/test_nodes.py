@@ -334,7 +334,25 @@ def test_save_voice_reserved_device_names_are_renamed(N, voice, name):
     assert run(N["FishS2SaveVoice"], voice=voice, name=name, overwrite=True).outputs[0].name == f"{name}_voice"
 
 
-@pytest.mark.parametrize("name", ["../s2-pro/config", "nope", "a/b", ""])
+def test_load_voice_takes_listed_files_the_library_would_name_otherwise(N, voice, comfy_dirs):
+    """A voice copied in by hand as `my.voice.safetensors` (the CLI keeps dots), or named in decomposed unicode by
+    macOS, is listed, and then loads: the list is what the folder holds."""
+    import unicodedata
+
+    folder = comfy_dirs[0] / "fish_s2" / "voices"
+    names = ["my.voice", unicodedata.normalize("NFD", "été"), "Bob Smith (old)"]
+    for name in names:
+        voice.save(folder / f"{name}.safetensors")
+    listed = schema(N["FishS2LoadVoice"]).inputs[0].options
+    for name in names:
+        assert name in listed and N["FishS2LoadVoice"].validate_inputs(voice=name) is True, name
+        assert torch.equal(run(N["FishS2LoadVoice"], voice=name).outputs[0].codes, voice.codes)
+    for name in names:
+        for path in folder.glob(f"{name}.*"):
+            path.unlink()
+
+
+@pytest.mark.parametrize("name", ["../s2-pro/config", "nope", "a/b", "", ".."])
 def test_load_voice_unknown_or_unsafe_names(N, errors, name):
     assert isinstance(N["FishS2LoadVoice"].validate_inputs(voice=name), str)
     with pytest.raises(errors.VoiceError, match="^voice: "):

@@ -222,6 +222,22 @@ def test_assign_slots_by_voice_name_case_insensitive():
     assert assign_slots(["Alice", "Bob"], ["bob", " ALICE "]) == [1, 0]
 
 
+def test_names_match_the_voice_library_file_safe_names():
+    """Save Voice stores `Mr. Brown` as `Mr_ Brown` (file-safe) and Load Voice returns that name: the speaker must
+    still find its voice, whatever the order the voices are connected in."""
+    script = parse_script("Mrs. Green: Good morning.\nMr. Brown: Morning to you.\nO'Neil: Hi.")
+    assert assign_slots(script.speakers, ["Mr_ Brown", "Mrs_ Green", "O_Neil"]) == [1, 0, 2]
+
+
+def test_one_speaker_however_the_script_spells_the_name():
+    """`ALICE:` and `Alice:` are one speaker (scripts converted from subtitles shout names), named as first written,
+    and both lines get Alice's voice, not the next free one."""
+    script = parse_script("ALICE: hi\nBob: yo\nAlice: again")
+    assert script.speakers == ("ALICE", "Bob")
+    assert [t.speaker for t in script.turns] == [0, 1, 0]
+    assert assign_slots(script.speakers, ["Alice", "Bob", "Carol"]) == [0, 1]
+
+
 def test_assign_slots_numbered_then_named_then_free_slots():
     slots = assign_slots(["Alice", "Voice3", "Bob"], ["bob", None, "x", None], connected=[True, False, True, True])
     assert slots == [3, 2, 0]

@@ -29,6 +29,8 @@ SCRIPTS = [
     "@Alice hi\n@Bob: there",
     "just text, no labels",
     "José María: ¡Hola!\nO'Neil: hey",
+    "ALICE: hi\nBob: yo\nAlice: again",
+    "Mrs. Green: Good morning.\nMr. Brown: Morning to you.",
 ]
 VOICE_SETS = [
     [None] * 8,
@@ -36,6 +38,8 @@ VOICE_SETS = [
     ["bob", "alice"] + [None] * 6,
     ["", None, ""] + [None] * 5,
     [""] * 8,
+    ["Mr_ Brown", "Mrs_ Green", "O_Neil"] + [None] * 5,
+    ["Alice", "Bob", "Carol"] + [None] * 5,
 ]
 
 

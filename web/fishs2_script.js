@@ -23,6 +23,12 @@ function numberedSlot(name) {
   return n >= 1 ? n - 1 : null;
 }
 
+// What two spellings of one name share (fishs2/script.py `fold_name`): letters and digits, lower-cased.
+function fold(s) {
+  const folded = s.normalize("NFKC").toLowerCase();
+  return folded.replace(/[^\p{L}\p{N}]/gu, "") || folded.split(/\s+/).filter(Boolean).join(" ");
+}
+
 function canonical(name) {
   const clean = name.split(/\s+/).filter(Boolean).join(" ");
   const slot = numberedSlot(clean);
@@ -37,7 +43,7 @@ export function scriptSpeakers(text) {
   const spans = []; // [start, end] offsets of labels in `text`
   let unlabelled = false;
   let offset = 0;
-  const add = (name) => { if (!speakers.includes(name)) speakers.push(name); };
+  const add = (name) => { if (!speakers.some((s) => fold(s) === fold(name))) speakers.push(name); };
   for (const line of lines) {
     let restStart = 0;
     const label = (unambiguous ? AT_NAME : NAME_LABEL).exec(line);
@@ -77,7 +83,6 @@ export function missingVoiceWarnings(text, voices) {
     if (slot >= voices.length || !connected[slot]) warnings.push(`'${name}' has no voice: connect voice_${slot + 1}`);
     else claimed.add(slot);
   }
-  const fold = (s) => s.normalize("NFKC").toLowerCase().split(/\s+/).filter(Boolean).join(" ");
   const byName = new Map();
   voices.forEach((v, i) => { if (v && !byName.has(fold(v))) byName.set(fold(v), i); });
   const unmatched = [];
