@@ -32,6 +32,7 @@ from .timeline import Timeline, parse_fps, round_half_up, seconds_to_samples
 NATIVE_RATE = 44100
 VIDEO_RATE = 48000
 MIN_LOUDNESS_SECONDS = 0.4  # one BS.1770 gating block
+MAX_FIT_SECONDS = 4 * 3600  # a longer target would need gigabytes per channel (4 h at 48 kHz: 2.8 GB as float32)
 
 __all__ = [
     "NATIVE_RATE",
@@ -55,14 +56,26 @@ def target_length(sample_rate: int, *, duration=None, frame_count=None, fps=None
     if duration is not None and frame_count is not None:
         raise ParameterError("duration: give either a duration or a frame count, not both.")
     if duration is not None:
-        return seconds_to_samples(duration, sample_rate, "duration")
+        return _checked_length(seconds_to_samples(duration, sample_rate, "duration"), sample_rate,
+                               f"duration={duration!r} s")
     if frame_count is not None:
         if isinstance(frame_count, bool) or not isinstance(frame_count, int) or frame_count < 0:
             raise ParameterError(f"frame_count: must be an integer ≥ 0, got {frame_count!r}.")
         if fps is None:
             raise ParameterError("fps: is needed to turn frame_count into a length.")
-        return round_half_up(Fraction(frame_count) * sample_rate / parse_fps(fps))
+        samples = round_half_up(Fraction(frame_count) * sample_rate / parse_fps(fps))
+        return _checked_length(samples, sample_rate, f"frame_count={frame_count} at fps {fps!r}")
     return None
+
+
+def _checked_length(samples: int, sample_rate: int, what: str) -> int:
+    """A target length of at least one sample and at most MAX_FIT_SECONDS, else ParameterError naming `what`."""
+    if samples < 1:
+        raise ParameterError(f"{what}: is no audio at all (0 samples); give a length above zero.")
+    if samples > MAX_FIT_SECONDS * sample_rate:
+        raise ParameterError(f"{what}: is {samples / sample_rate / 3600:.1f} h of audio; at most "
+                             f"{MAX_FIT_SECONDS // 3600} h can be fitted at once — fit a long programme in parts.")
+    return samples
 
 
 def _as_3d(waveform: torch.Tensor, input_name: str) -> torch.Tensor:
@@ -148,7 +161,8 @@ def normalize_loudness(
 
     With `reference` (one clip, e.g. the mix) the gain is measured on it and the same gain goes to every item
     (e.g. the stems), so sums are preserved. `max_peak` (None = no limit) lowers a gain that would push the
-    largest |sample| above it.
+    largest |sample| above it: per item, or with a reference once for all, by the largest peak of the reference
+    and the items, so that the items still add up to the reference.
     """
     target = float(target_lufs)
     if not math.isfinite(target) or not -70.0 <= target <= 0.0:
@@ -161,6 +175,8 @@ def normalize_loudness(
             raise AudioError(f"loudness_reference: must be one clip, got a batch of {ref.shape[0]}.")
         level = integrated_loudness(ref[0], reference_rate or sample_rate, "loudness_reference")
         measured = [level] * x.shape[0]
+        if math.isfinite(level):
+            return _one_gain(x, shape, target, level, max(_peak(ref), _peak(x)), max_peak)
     else:
         measured = [integrated_loudness(item, sample_rate, input_name if x.shape[0] == 1 else f"{input_name} item {i}")
                     for i, item in enumerate(x)]
@@ -188,6 +204,26 @@ def normalize_loudness(
         limited.append(was_limited)
     result = torch.stack(out).reshape(shape)
     return result, LoudnessReport(target, tuple(measured), tuple(gains), tuple(limited), tuple(warnings))
+
+
+def _peak(x: torch.Tensor) -> float:
+    return float(x.abs().max()) if x.numel() else 0.0
+
+
+def _one_gain(x: torch.Tensor, shape, target: float, level: float, peak: float,
+              max_peak: float | None) -> tuple[torch.Tensor, LoudnessReport]:
+    """Every item of x [B, C, T] scaled by the gain that brings a reference measured at `level` LUFS to `target`,
+    lowered if needed so that `peak` (the largest of the reference's and the items') stays at `max_peak`."""
+    gain_db, warnings = target - level, ()
+    limited = max_peak is not None and peak > 0 and peak * 10 ** (gain_db / 20) > max_peak
+    if limited:
+        gain_db = 20 * math.log10(max_peak / peak)
+        warnings = (f"loudness_reference: reaching {target:g} LUFS would push a peak past {max_peak:g}; the gain "
+                    f"was lowered to {gain_db:+.2f} dB for every item (the reference: about {level + gain_db:.1f} "
+                    "LUFS), so that they still add up to it.",)
+    n = x.shape[0]
+    result = (x * float(10 ** (gain_db / 20))).reshape(shape)
+    return result, LoudnessReport(target, (level,) * n, (gain_db,) * n, (limited,) * n, warnings)
 
 
 @dataclass(frozen=True)

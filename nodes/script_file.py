@@ -121,7 +121,7 @@ class FishS2LoadScriptFile(io.ComfyNode):
         return f"{file}:{st.st_size}:{st.st_mtime_ns}"
 
     @classmethod
-    def validate_inputs(cls, file, max_turn_bytes=None, **voices):
+    def validate_inputs(cls, file):  # only `file`: ComfyUI marks every argument named here when it fails
         try:
             script_path(file)
         except Exception as exc:

@@ -42,6 +42,11 @@ def check_timeline(timeline, input_name: str = "timeline"):
     ParameterError = engine("errors").ParameterError
     Timeline = engine("timeline").Timeline
 
+    if timeline is None:  # Fit Audio to Video passes None on when its own timeline input is empty
+        raise ParameterError(
+            f"{input_name}: received no timeline; if it comes from Fish S2 Fit Audio to Video, connect a timeline "
+            "(from Fish S2 Timeline or Mix & Stems) to that node's timeline input."
+        )
     if not isinstance(timeline, Timeline):
         raise ParameterError(
             f"{input_name}: connect the timeline output of Fish S2 Timeline, Fish S2 Mix & Stems or Fish S2 Fit "
@@ -142,11 +147,16 @@ class FishS2Subtitles(io.ComfyNode):
 SUBTITLE_FORMATS = ("srt", "vtt", "json")
 
 
+MAX_FILE_NAME_BYTES = 240  # most file systems allow 255; the counter and the extension come on top of the prefix
+
+
 def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels=True, keep_tags=False,
-                 video=None) -> list[dict]:
+                 video=None, warnings: list[str] | None = None) -> list[dict]:
     """Write `<prefix>_<counter>_.{flac,mp4,srt,vtt,json}` into ComfyUI's output folder (one counter for all, so
     the subtitles sit next to their audio / video with the same name: players load such side-car subtitles
-    automatically). → [{filename, subfolder, type}] of the written files."""
+    automatically). → [{filename, subfolder, type}] of the written files. What the creator should know about the
+    inputs (audio or video that do not match the timeline) is logged and appended to `warnings`."""
+    warnings = [] if warnings is None else warnings
     import folder_paths
     import soundfile
 
@@ -164,25 +174,30 @@ def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels
     while any(os.path.exists(os.path.join(folder, f"{filename}_{counter:05}_.{ext}")) for ext in exts):
         counter += 1
     base = f"{filename}_{counter:05}_"
+    if len(f"{base}.flac".encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        raise errors.ParameterError(f"filename_prefix: the file name would be {len(base.encode('utf-8'))} bytes long; "
+                                    "file systems allow about 250 — use a shorter name.")
     written = []
     if audio is not None:
         from .voice import check_audio_input
 
-        waveform, sample_rate = check_audio_input(audio)
+        waveform, sample_rate = check_audio_input(audio, join_batch=False)
         if waveform.shape[0] != 1:
-            raise errors.AudioError("audio: save one clip (batch of 1); pick one with Fish S2 Pick Take first.")
+            raise errors.AudioError(f"audio: holds {waveform.shape[0]} clips (takes, or Mix & Stems' stems); save "
+                                    "one clip — the mix, or one take picked with Fish S2 Pick Take.")
         if sample_rate != timeline.sample_rate or waveform.shape[-1] != timeline.total_samples:
-            log.warning(
-                "fishs2: Save Subtitles: the audio (%d samples at %d Hz) is not the audio this timeline describes "
-                "(%d samples at %d Hz); connect the audio and timeline of the same node.",
-                waveform.shape[-1], sample_rate, timeline.total_samples, timeline.sample_rate,
+            warnings.append(
+                f"the audio ({waveform.shape[-1]} samples at {sample_rate} Hz) is not the audio this timeline "
+                f"describes ({timeline.total_samples} samples at {timeline.sample_rate} Hz): connect the audio and "
+                "the timeline of the same node"
             )
+            log.warning("fishs2: Save Subtitles: %s.", warnings[-1])
         path = os.path.join(folder, base + ".flac")
         data = waveform[0].float().clamp(-1, 1).transpose(0, 1).contiguous().numpy()
         soundfile.write(path, data, int(sample_rate), format="FLAC", subtype="PCM_24")
         written.append(base + ".flac")
     if video is not None:
-        written.append(save_video(video, os.path.join(folder, f"{base}.{VIDEO_EXT}"), timeline))
+        written.append(save_video(video, os.path.join(folder, f"{base}.{VIDEO_EXT}"), timeline, warnings))
     texts = {
         "srt": timeline.to_srt(tags=keep_tags, speaker_labels=speaker_labels),
         "vtt": timeline.to_vtt(tags=keep_tags, speaker_labels=speaker_labels),
@@ -201,9 +216,9 @@ def save_outputs(filename_prefix: str, timeline, fps, audio=None, speaker_labels
 VIDEO_EXT = "mp4"
 
 
-def save_video(video, path: str, timeline) -> str:
+def save_video(video, path: str, timeline, warnings: list[str]) -> str:
     """Save a VIDEO (e.g. from core Create Video) as MP4 / H.264 at `path`, like core Save Video does with
-    format and codec 'auto'. → the file name."""
+    format and codec 'auto'. → the file name; a length that differs from the timeline's goes to `warnings`."""
     errors = engine("errors")
 
     if not hasattr(video, "save_to"):
@@ -213,10 +228,11 @@ def save_video(video, path: str, timeline) -> str:
     except Exception:  # the duration is only for the warning below
         seconds = None
     if seconds is not None and abs(seconds - float(timeline.duration)) > 0.5:
-        log.warning(
-            "fishs2: Save Subtitles: the video lasts %.2f s but the timeline %.2f s; fit the audio to the video "
-            "(Fish S2 Fit Audio to Video, length = images) and connect its timeline.", seconds, float(timeline.duration),
+        warnings.append(
+            f"the video lasts {seconds:.2f} s but the timeline {float(timeline.duration):.2f} s: fit the audio to the "
+            "video (Fish S2 Fit Audio to Video, length = images, with the video's own fps) and connect its timeline"
         )
+        log.warning("fishs2: Save Subtitles: %s.", warnings[-1])
     from comfy_api.latest import Types
 
     # 'auto' as core Save Video chooses it (ComfyUI ≥ 0.3.30); MP4 / H.264 where a runtime has no 'auto'.
@@ -269,9 +285,12 @@ class FishS2SaveSubtitles(io.ComfyNode):
     @classmethod
     def execute(cls, timeline, filename_prefix, fps, speaker_labels, keep_tags, audio=None, video=None) -> io.NodeOutput:
         timeline = check_timeline(timeline)
-        files = save_outputs(filename_prefix, timeline, fps, audio, speaker_labels, keep_tags, video=video)
+        warnings: list[str] = []
+        files = save_outputs(filename_prefix, timeline, fps, audio, speaker_labels, keep_tags, video=video,
+                             warnings=warnings)
         log.info("fishs2: saved %s", ", ".join(f["filename"] for f in files))
-        ui = {"text": [f"saved {', '.join(f['filename'] for f in files)}", *timeline.warnings]}
+        ui = {"text": [f"saved {', '.join(f['filename'] for f in files)}", *timeline.warnings,
+                       *(f"warning: {w}" for w in warnings)]}
         audio_files = [f for f in files if f["filename"].endswith(".flac")]
         video_files = [f for f in files if f["filename"].endswith(f".{VIDEO_EXT}")]
         if video_files:

@@ -14,8 +14,10 @@ from .types import CATEGORY, FishS2Model, FishS2Voice
 log = logging.getLogger("fishs2")
 
 
-def check_audio_input(audio, input_name: str = "audio") -> tuple:
-    """An AUDIO value → (waveform [B, C, T] float tensor, sample_rate). Raises AudioError naming the input."""
+def check_audio_input(audio, input_name: str = "audio", join_batch: bool = True) -> tuple:
+    """An AUDIO value → (waveform [B, C, T] float tensor, sample_rate). Raises AudioError naming the input.
+    `join_batch`: a batch of clips becomes one clip, its items end to end (a reference voice); without it the
+    batch is returned as it is, for the caller to refuse or handle."""
     AudioError = engine("errors").AudioError
 
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
@@ -27,7 +29,7 @@ def check_audio_input(audio, input_name: str = "audio") -> tuple:
         raise AudioError(f"{input_name}: sample_rate must be a positive number, got {sample_rate!r}.")
     while waveform.dim() < 3:
         waveform = waveform.unsqueeze(0)
-    if waveform.shape[0] > 1:
+    if join_batch and waveform.shape[0] > 1:
         # A batch of clips is one reference: the items are joined end to end.
         waveform = waveform.movedim(0, 1).reshape(1, waveform.shape[1], -1)
     return waveform, int(sample_rate)
