@@ -418,8 +418,7 @@ class FishS2:
                            f"{longest.codes.shape[1] * self.codec.frame_length / self.sample_rate:.0f} s of audio and a {len(longest.text)}"
                            "-character transcript")
                 else:
-                    fix = ("split long text into turns (start each paragraph with <|speaker:0|>) — turns are "
-                           "generated one batch after another")
+                    fix = SPLIT_TEXT_ADVICE
                 raise TextError(
                     f"text: the prompt for {which} takes {length} positions (reference voices {voices_take}, text "
                     f"{text_only}) but the model's context holds {limit}; {fix}."
@@ -657,6 +656,9 @@ def _as_seed(seed) -> int | None:
     raise ParameterError(f"seed={seed!r}: must be an integer (e.g. 42), or None for a random seed.")
 
 
+# How to fit text that is too long for the context, through the engine's API (nodes word it for a graph).
+SPLIT_TEXT_ADVICE = ("split long text into turns (start each paragraph with <|speaker:0|>) — turns are generated one "
+                     "batch after another")
 _OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), torch.cuda.OutOfMemoryError})
 # What an allocation failure says when it comes as a plain RuntimeError: MPS and the rest ("out of memory"), the CPU
 # allocator ("DefaultCPUAllocator: can't allocate memory").

@@ -73,6 +73,9 @@ _INLINE_MARKER = re.compile(rf"{_SPEAKER_TOKEN}|{_S_TAG}|{_AT_VOICE}")
 _AT_NAME = re.compile(r"^\s*@([^\W\d_][\w.'’\-]{0,39})(?:\s*:)?(?=\s|$)")
 # `Name:` at the start of a line: up to 4 words, starts with a letter, colon then whitespace or end of line.
 _NAME_LABEL = re.compile(r"^\s*([^\W\d_][\w.'’\-]*(?: [\w.'’\-]+){0,3})\s*(?::(?=\s|$)|：)")
+# `Alice:hi` — a label but for the space after the colon, which `_NAME_LABEL` needs so that `http://…` or
+# `Ratio:2` stay text. Only a hint for the creator (`labels_without_a_space`).
+_LABEL_WITHOUT_SPACE = re.compile(r"^\s*([^\W\d_][\w.'’\-]*(?: [\w.'’\-]+){0,3}):(?!//)(?=[^\W\d_])")
 _NUMBERED_NAME = re.compile(r"^(?:s|speaker|voice)\s*(\d+)$", re.IGNORECASE)
 
 _NEWLINES = str.maketrans({"\r": "\n", "\x85": "\n", "\ufeff": None, "\u2028": "\n", "\u2029": "\n", "\t": " ", "\v": " ", "\f": " "})
@@ -344,6 +347,17 @@ def parse_script(text: str, input_name: str = "script") -> Script:
         out_turns.append(Turn(speaker, escape_special_tokens(body)))
         out_lines.append(line)
     return Script(turns=tuple(out_turns), speakers=tuple(speakers), lines=tuple(out_lines))
+
+
+def labels_without_a_space(text: str) -> list[tuple[int, str]]:
+    """(line, label) of lines that read like `Name:words`: a speaker label but for the space after the colon.
+    `parse_script` keeps such a line as text of the current speaker; a node shows these as a hint."""
+    found = []
+    for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        m = _LABEL_WITHOUT_SPACE.match(line)
+        if m and not _NAME_LABEL.match(line):
+            found.append((lineno, m.group(1)))
+    return found
 
 
 def fold_name(name: str) -> str:

@@ -27,6 +27,19 @@ def prompt_length_estimate(script: ScriptData, voices) -> int:
     ) + 64
 
 
+def in_graph_words(exc, errors):
+    """The engine's TextError about text too long for the context, with the input and the fix as a graph has them:
+    Generate's input is `script`, and labels typed into Tagged Text are escaped, so the way to split is more lines."""
+    pipeline = engine("pipeline")
+    message = str(exc)
+    if pipeline.SPLIT_TEXT_ADVICE not in message:
+        return exc
+    message = message.replace(pipeline.SPLIT_TEXT_ADVICE, (
+        "give it several lines — the Fish S2 Dialogue Assembler takes `Name: line` lines (one speaker is fine), and "
+        "Fish S2 Load Script File splits long turns at sentence ends — each line is generated after the other"))
+    return errors.TextError("script: " + message.removeprefix("text: "))
+
+
 class FishS2Generate(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -166,18 +179,21 @@ class FishS2Generate(io.ComfyNode):
         preview = live_preview and cls.hidden is not None and cls.hidden.unique_id is not None
         model.use_llm(max_frames, prompt_length_estimate(script, voices), takes=takes,
                       preview_frames=4 * PREVIEW_EVERY_FRAMES if preview else 0)
-        if preview:
-            from .live_preview import current_prompt_id, make_sender
+        try:
+            if preview:
+                from .live_preview import current_prompt_id, make_sender
 
-            results = engine("preview").generate_with_preview(
-                tts, list(script.turns), voices,
-                on_chunk=make_sender(cls.hidden.unique_id, prompt_id=current_prompt_id()),
-                seed=seed, takes=takes, every_frames=PREVIEW_EVERY_FRAMES, first_frames=PREVIEW_FIRST_FRAMES,
-                on_frame=on_frame, **options,
-            )
-        else:
-            results = tts.generate_takes(list(script.turns), voices, seed=seed, takes=takes, on_frame=on_frame,
-                                         **options)
+                results = engine("preview").generate_with_preview(
+                    tts, list(script.turns), voices,
+                    on_chunk=make_sender(cls.hidden.unique_id, prompt_id=current_prompt_id()),
+                    seed=seed, takes=takes, every_frames=PREVIEW_EVERY_FRAMES, first_frames=PREVIEW_FIRST_FRAMES,
+                    on_frame=on_frame, **options,
+                )
+            else:
+                results = tts.generate_takes(list(script.turns), voices, seed=seed, takes=takes, on_frame=on_frame,
+                                             **options)
+        except errors.TextError as exc:
+            raise in_graph_words(exc, errors) from None
         bar.update_absolute(total, total)
         for t, generation in enumerate(results):
             cut = [i for i, s in enumerate(generation.segments) if s.hit_frame_limit]

@@ -99,7 +99,10 @@ def map_voices(parsed, voices: list, *, input_name: str = "script", source: str 
 
 def assemble_dialogue(script: str, voices: list) -> ScriptData:
     """Parse `script` and map its speakers onto the connected `voices` (None = socket not connected)."""
-    data = map_voices(fscript.parse_script(script, "script"), voices, input_name="script", source=script)
+    hints = [f"line {line}: '{name}:' reads like a speaker label without a space after the colon; write '{name}: …' "
+             "to give the line to that speaker" for line, name in fscript.labels_without_a_space(script)]
+    data = map_voices(fscript.parse_script(script, "script"), voices, input_name="script", source=script,
+                      warnings=hints)
     for w in data.warnings:
         log.warning("fishs2: Dialogue Assembler: %s", w)
     return data

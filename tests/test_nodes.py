@@ -431,6 +431,14 @@ def test_dialogue_warns_about_unused_voices(N, voice, voice_b, caplog):
     assert any("voice_4" in r.getMessage() for r in caplog.records)
 
 
+def test_dialogue_points_out_a_label_without_a_space(N, voice, voice_b):
+    """`Alice:hi` stays text (so `http://…` can), which silently gives every line to voice_1: the node says why."""
+    res = run(N["FishS2DialogueAssembler"], script="Alice:hi\nBob:yo", voice_1=voice, voice_2=voice_b)
+    warnings = res.ui["fishs2_warnings"]
+    assert warnings[0].startswith("line 1: 'Alice:' reads like a speaker label without a space")
+    assert warnings[1].startswith("line 2: 'Bob:'") and "voice_2" in warnings[2]
+
+
 # ── Dual-AR Generate ────────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -483,6 +491,15 @@ def test_generate_parameter_errors(N, model, dialogue, errors):
         run(N["FishS2Generate"], model=model, script=dialogue, **{**GEN, "max_frames": 10**9})
     with pytest.raises(errors.TextError, match="^script: connect"):
         run(N["FishS2Generate"], model=model, script="raw text", **GEN)
+
+
+def test_generate_too_long_text_gives_advice_for_the_graph(N, model, voice, errors):
+    """Typed <|speaker:0|> labels are escaped in Tagged Text, so the engine's advice does not work in a graph: the
+    message names Generate's `script` input and says how to split there."""
+    script = run(N["FishS2TaggedText"], text="Hello world. " * 2000).outputs[0]
+    with pytest.raises(errors.TextError, match=r"^script: the prompt for the text takes .*Dialogue Assembler") as info:
+        run(N["FishS2Generate"], model=model, script=script, voice=voice, **GEN)
+    assert "<|speaker:0|>" not in str(info.value)
 
 
 class RecordingBar:

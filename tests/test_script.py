@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fishs2.errors import TextError
 from fishs2.script import (
+    labels_without_a_space,
     ZWSP,
     Turn,
     assign_slots,
@@ -212,6 +213,11 @@ def test_line_breaks_and_blanks_are_normalised():
 
 
 # ── speaker → voice slot mapping ────────────────────────────────────────────────────────────────────────────
+
+
+def test_labels_without_a_space_are_pointed_out_and_urls_ratios_times_are_not():
+    text = "Alice:hi\nBob: fine\nsee http://x.org\nRatio:2\n10:30 then\nDr. Who:hello"
+    assert labels_without_a_space(text) == [(1, "Alice"), (6, "Dr. Who")]
 
 
 def test_assign_slots_order_of_appearance():
