@@ -14,8 +14,12 @@ log = logging.getLogger("fishs2")
 PEAK_TARGET_DB = -1.0
 
 
-def finish_waveform(waveform, gain_db: float, peak_normalize: bool):
-    """[1, T] float32 → gain / peak normalisation applied, clamped to [-1, 1], as AUDIO's [1, 1, T]."""
+CLIPPED = "the audio clipped (samples beyond full scale were cut); lower gain_db or turn on peak_normalize"
+
+
+def finish_waveform(waveform, gain_db: float, peak_normalize: bool, notes: list[str] | None = None):
+    """[1, T] float32 → gain / peak normalisation applied, clamped to [-1, 1], as AUDIO's [1, 1, T]. Clipping is
+    logged and noted in `notes` (once), for the node to show."""
     import torch
 
     out = waveform.float()
@@ -26,7 +30,9 @@ def finish_waveform(waveform, gain_db: float, peak_normalize: bool):
     if gain_db:
         out = out * (10 ** (gain_db / 20))
     if out.numel() and float(out.abs().max()) > 1.0:
-        log.warning("fishs2: Decode: the audio clipped; lower gain_db or turn on peak_normalize.")
+        log.warning("fishs2: Decode: %s.", CLIPPED)
+        if notes is not None and CLIPPED not in notes:
+            notes.append(CLIPPED)
     out = torch.clamp(out, -1.0, 1.0)
     return out.reshape(1, 1, -1).contiguous().cpu()
 
@@ -77,11 +83,13 @@ class FishS2Decode(io.ComfyNode):
         if not codes.generation.segments or codes.total_frames == 0:
             raise CodesError("codes: the generation holds no frames; generate again with another seed or text.")
         takes = tuple(getattr(codes, "takes", ()) or ()) or (codes.generation,)
+        notes: list[str] = []
         if len(takes) == 1:
             model.use_codec(frames=codes.total_frames)
             waveform = model.tts.decode(takes[0].codes)
-            audio = {"waveform": finish_waveform(waveform, gain_db, peak_normalize), "sample_rate": model.sample_rate}
-            return io.NodeOutput(audio)
+            audio = {"waveform": finish_waveform(waveform, gain_db, peak_normalize, notes),
+                     "sample_rate": model.sample_rate}
+            return io.NodeOutput(audio, ui={"text": [f"warning: {n}" for n in notes]} if notes else None)
         from .takes import audio_batch
 
         empty = [i for i, t in enumerate(takes) if not t.segments or int(t.codes.shape[-1]) == 0]
@@ -89,6 +97,7 @@ class FishS2Decode(io.ComfyNode):
             raise CodesError(f"codes: take(s) {', '.join(map(str, empty))} hold no frames; generate again with another seed.")
         model.use_codec(frames=max(int(t.codes.shape[-1]) for t in takes))
         # Each take on its own (gain / peak normalisation per take), then padded to the longest in one batch.
-        clips = [finish_waveform(model.tts.decode(t.codes), gain_db, peak_normalize)[0] for t in takes]
+        clips = [finish_waveform(model.tts.decode(t.codes), gain_db, peak_normalize, notes)[0] for t in takes]
         log.info("fishs2: decoded %d takes (%s frames)", len(takes), ", ".join(str(int(t.codes.shape[-1])) for t in takes))
-        return io.NodeOutput(audio_batch(clips, model.sample_rate))
+        return io.NodeOutput(audio_batch(clips, model.sample_rate),
+                             ui={"text": [f"warning: {n}" for n in notes]} if notes else None)

@@ -10,6 +10,7 @@ from comfy_api.latest import io
 
 from ._engine import engine
 
+from .takes import LENGTHS_KEY
 from .timeline import FishS2TimelineType, check_timeline
 from .types import CATEGORY
 
@@ -125,6 +126,11 @@ class FishS2FitAudio(io.ComfyNode):
         for warning in result.warnings:
             log.warning("fishs2: Fit Audio: %s", warning)
         out = {"waveform": result.waveform.float().contiguous().cpu(), "sample_rate": result.sample_rate}
+        lengths = audio.get(LENGTHS_KEY) if isinstance(audio, dict) else None
+        if length == "keep" and isinstance(lengths, (list, tuple)) and len(lengths) == out["waveform"].shape[0]:
+            # takes of different lengths stay marked through a resampling, for Pick Take to drop their padding
+            total = out["waveform"].shape[-1]
+            out[LENGTHS_KEY] = [min(total, round(int(n) * result.sample_rate / rate_in)) for n in lengths]
         seconds = result.waveform.shape[-1] / result.sample_rate
         ui = {"text": [f"{result.waveform.shape[-1]} samples at {result.sample_rate} Hz ({seconds:.3f} s)",
                        *result.warnings]}

@@ -439,6 +439,20 @@ def test_dialogue_points_out_a_label_without_a_space(N, voice, voice_b):
     assert warnings[1].startswith("line 2: 'Bob:'") and "voice_2" in warnings[2]
 
 
+def test_fit_audio_keeps_take_lengths_for_pick_take(N):
+    """Takes of different lengths are padded into one batch; after Fit Audio (length keep, resampled) Pick Take still
+    drops each take's padding, at the new rate."""
+    from importlib import import_module
+
+    takes = import_module(N["FishS2PickTake"].__module__)
+    audio = takes.audio_batch([torch.randn(1, 44100 // 4), torch.randn(1, 44100)], 44100)
+    fitted = run(N["FishS2FitAudio"], audio=audio, sample_rate="48000 (video)", length="keep", duration_seconds=1.0,
+                 frame_count=1, fps=24.0, normalize_loudness=False, target_lufs=-16.0).outputs[0]
+    assert fitted["waveform"].shape[-1] == 48000
+    first = run(N["FishS2PickTake"], audio=fitted, index=0, trim_padding=True).outputs[0]["waveform"]
+    assert first.shape[-1] == 12000
+
+
 # ── Dual-AR Generate ────────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -598,6 +612,10 @@ def test_decode_options_gain_and_peak(N, model, codes):
     assert float(peak.abs().max()) == pytest.approx(10 ** (-1 / 20), rel=1e-4)
     quiet = run(N["FishS2Decode"], model=model, codes=codes, gain_db=-6.0, peak_normalize=False).outputs[0]["waveform"]
     torch.testing.assert_close(quiet, plain.clamp(-1, 1) * 10 ** (-6 / 20), atol=1e-6, rtol=1e-5)
+    loud = run(N["FishS2Decode"], model=model, codes=codes, gain_db=24.0, peak_normalize=True)
+    assert loud.ui == {"text": ["warning: the audio clipped (samples beyond full scale were cut); lower gain_db or "
+                                "turn on peak_normalize"]}
+    assert run(N["FishS2Decode"], model=model, codes=codes, gain_db=0.0, peak_normalize=True).ui is None
 
 
 def test_decode_errors(N, model, errors):
