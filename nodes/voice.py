@@ -90,8 +90,9 @@ class FishS2EncodeVoice(io.ComfyNode):
         try:
             # The engine mixes to mono, resamples, rejects silent/DC/clipped/short clips and warns above 30 s.
             voice = model.tts.encode_voice(waveform[0], transcript, sample_rate=sample_rate, name=name.strip())
-        except AudioError as exc:
-            raise AudioError(f"audio: {exc}") from exc
+        except AudioError as exc:  # the engine says "reference audio: …"; the node's input is `audio`
+            message = str(exc)
+            raise AudioError("audio: " + message.removeprefix("reference audio: ")) from exc
         return io.NodeOutput(voice)
 
 
