@@ -276,9 +276,27 @@ WARNING_JS = """async () => {
   const suggestions = popup ? [...popup.children].map(c => c.textContent) : [];
   ta.dispatchEvent(new KeyboardEvent('keydown', { key: 'Enter', bubbles: true }));
   const completed = ta.value.endsWith(' [whisper]');
+  const typed = async (text, key, init = {}) => {  // type `text` at the end, then press `key` → the new value
+    ta.value = old;
+    ta.setSelectionRange(old.length, old.length);
+    document.execCommand('insertText', false, text);
+    await new Promise(r => setTimeout(r, 50));
+    ta.dispatchEvent(new KeyboardEvent('keydown', { key, bubbles: true, ...init }));
+    return ta.value.slice(old.length);
+  };
+  const composing = await typed(' [whi', 'Enter', { isComposing: true });  // an input method's own Enter
+  const oneLetter = await typed(' [a', 'Enter');  // more likely a new line than [angry]
+  const oneLetterTab = await typed(' [a', 'Tab');
+  ta.value = old + ' [wisper] hi';  // caret after "[w": completing replaces the tag's word, not splits it
+  ta.setSelectionRange(old.length + 3, old.length + 3);
+  ta.dispatchEvent(new Event('input', { bubbles: true }));
+  await new Promise(r => setTimeout(r, 50));
+  ta.dispatchEvent(new KeyboardEvent('keydown', { key: 'Tab', bubbles: true }));
+  const inside = ta.value.slice(old.length);
   ta.value = old;
   ta.dispatchEvent(new Event('input', { bubbles: true }));
-  return { warnings, after: [...d.fishs2Warnings], bad, suggestions, completed };
+  return { warnings, after: [...d.fishs2Warnings], bad, suggestions, completed, composing, oneLetter, oneLetterTab,
+           inside };
 }"""
 
 
@@ -319,6 +337,9 @@ def test_ui_workflows_load_in_headless_chromium(server):
                 assert checks["after"] == []
                 assert '<mark class="fishs2-bad">[</mark>' in checks["bad"]
                 assert checks["suggestions"][:1] == ["whisper"] and checks["completed"], checks
+                assert checks["composing"] == " [whi" and checks["oneLetter"] == " [a", checks
+                assert checks["oneLetterTab"].startswith(" [a") and checks["oneLetterTab"].endswith("]"), checks
+                assert checks["inside"] == " [whisper] hi", checks
                 page.evaluate("() => { document.activeElement?.blur?.(); window.app.canvas.deselectAll?.(); window.app.canvas.ds.offset = [120, 150]; window.app.canvas.ds.scale = 0.62; window.app.graph.setDirtyCanvas(true, true); }")
                 page.page.wait_for_timeout(500)
                 SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)

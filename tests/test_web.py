@@ -31,6 +31,10 @@ SCRIPTS = [
     "José María: ¡Hola!\nO'Neil: hey",
     "ALICE: hi\nBob: yo\nAlice: again",
     "Mrs. Green: Good morning.\nMr. Brown: Morning to you.",
+    "Straße: hi\nSTRASSE: yo",
+    "Alice: hi\u2028Bob: yo\x85Carol: hey",
+    "Mr.\tBrown: hi\nAlice: yo",
+    "S２: hi\nSpeaker ３: yo\n[S４] go",
 ]
 VOICE_SETS = [
     [None] * 8,

@@ -95,7 +95,10 @@ function caretRect(textarea) {
 function accept(textarea, item) {
   const open = openTagPrefix(textarea);
   if (!open) return closePopup();
-  const after = textarea.value.slice(textarea.selectionStart);
+  let after = textarea.value.slice(textarea.selectionStart);
+  // Inside an existing tag (`[wh|isper]`) the rest of its word goes too, so the tag is replaced, not split.
+  const rest = /^[^\[\]\n]*\]/.exec(after);
+  if (rest) after = after.slice(rest[0].length - 1);
   const close = after.startsWith("]") ? "" : "]";
   textarea.value = textarea.value.slice(0, open.start) + item + close + after;
   const caret = open.start + item.length + 1;
@@ -117,6 +120,7 @@ function updatePopup(textarea) {
     popup = { el, textarea, items: [], active: 0 };
   }
   popup.items = items;
+  popup.prefix = open.prefix;
   popup.active = Math.min(popup.active, items.length - 1);
   popup.el.innerHTML = "";
   items.forEach((t, i) => {
@@ -138,10 +142,14 @@ function attachCompletion(textarea) {
   textarea.addEventListener("blur", () => setTimeout(closePopup, 100));
   textarea.addEventListener("keydown", (e) => {
     if (!popup || popup.textarea !== textarea) return;
+    if (e.isComposing || e.keyCode === 229) return; // keys of an input method (CJK) composing text are its own
     if (e.key === "ArrowDown" || e.key === "ArrowUp") {
       popup.active = (popup.active + (e.key === "ArrowDown" ? 1 : popup.items.length - 1)) % popup.items.length;
+      popup.chosen = true;
       updatePopup(textarea);
-    } else if (e.key === "Enter" || e.key === "Tab") {
+    } else if (e.key === "Tab" || (e.key === "Enter" && (popup.chosen || popup.prefix.length >= 2))) {
+      // Enter after one letter (`[a`) is more likely a new line than a tag: it takes a tag once two letters or
+      // an arrow key show that one is wanted; Tab always does.
       accept(textarea, popup.items[popup.active]);
     } else if (e.key === "Escape") {
       closePopup();
@@ -165,8 +173,11 @@ function voiceNameOf(node, inputName) {
 function refreshWarnings(node) {
   const widget = node.widgets?.find((w) => w.name === "script");
   if (!widget) return;
+  node.fishs2ServerWarnings = []; // the last run's notes describe a script or voices that have since changed
+  const linked = node.inputs?.find((i) => i.name === "script")?.link != null;
+  // A script fed in through a link is not this widget's text: nothing to check here until the run.
   const voices = Array.from({ length: MAX_VOICES }, (_, i) => voiceNameOf(node, `voice_${i + 1}`));
-  node.fishs2Warnings = missingVoiceWarnings(String(widget.value ?? ""), voices);
+  node.fishs2Warnings = linked ? [] : missingVoiceWarnings(String(widget.value ?? ""), voices);
   node.setDirtyCanvas?.(true, true);
 }
 
@@ -177,7 +188,8 @@ function drawWarnings(node, ctx) {
   ctx.save();
   ctx.font = "12px sans-serif";
   ctx.fillStyle = "#ffb020";
-  lines.slice(0, 4).forEach((text, i) => ctx.fillText("\u26a0 " + text, 4, -titleHeight - 6 - 15 * (lines.length - 1 - i)));
+  const shown = lines.length > 4 ? [...lines.slice(0, 3), `… ${lines.length - 3} more (see the queue's log)`] : lines;
+  shown.forEach((text, i) => ctx.fillText("\u26a0 " + text, 4, -titleHeight - 6 - 15 * (shown.length - 1 - i)));
   ctx.restore();
 }
 

@@ -23,9 +23,10 @@ function numberedSlot(name) {
   return n >= 1 ? n - 1 : null;
 }
 
-// What two spellings of one name share (fishs2/script.py `fold_name`): letters and digits, lower-cased.
+// What two spellings of one name share (fishs2/script.py `fold_name`): letters and digits, case-folded (Python's
+// casefold also turns ß into ss and a final ς into σ, which toLowerCase does not).
 function fold(s) {
-  const folded = s.normalize("NFKC").toLowerCase();
+  const folded = s.normalize("NFKC").toLowerCase().replace(/ß/g, "ss").replace(/ς/g, "σ");
   return folded.replace(/[^\p{L}\p{N}]/gu, "") || folded.split(/\s+/).filter(Boolean).join(" ");
 }
 
@@ -36,9 +37,16 @@ function canonical(name) {
 }
 
 /** Speakers of a dialogue script in order of first appearance, plus label spans for highlighting. */
+// fishs2/script.py `normalize_text` as far as labels go: every line break is a line break and tabs are spaces
+// (one character for one, so label offsets stay); full-width digits are digits, as Python's \d and int() read them.
+function normalizeText(text) {
+  return text.replace(/\r\n?/g, "\n").replace(/[\x85\u2028\u2029]/g, "\n").replace(/[\t\v\f\ufeff]/g, " ")
+    .replace(/[０-９]/g, (d) => String.fromCharCode(d.charCodeAt(0) - 0xff10 + 48));
+}
+
 export function scriptSpeakers(text) {
-  const lines = text.replace(/\r\n?/g, "\n").split("\n");
-  const unambiguous = new RegExp(INLINE_MARKER.source, "u").test(text) || lines.some((l) => AT_NAME.test(l));
+  const lines = normalizeText(text).split("\n");
+  const unambiguous = lines.some((l) => new RegExp(INLINE_MARKER.source, "u").test(l) || AT_NAME.test(l));
   const speakers = [];
   const spans = []; // [start, end] offsets of labels in `text`
   let unlabelled = false;
