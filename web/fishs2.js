@@ -40,20 +40,28 @@ function attachHighlighter(textarea, dialogue) {
   // The marks are drawn behind the text: the textarea's own background moves to the backdrop.
   backdrop.style.background = getComputedStyle(textarea).backgroundColor;
   textarea.style.background = "transparent";
-  const sync = () => {
-    const cs = getComputedStyle(textarea);
-    for (const k of COPIED_STYLES) backdrop.style[k] = cs[k];
-    backdrop.style.borderColor = "transparent";
-    backdrop.style.left = textarea.offsetLeft + "px";
-    backdrop.style.top = textarea.offsetTop + "px";
-    backdrop.style.width = textarea.offsetWidth + "px";
-    backdrop.style.height = textarea.offsetHeight + "px";
-    backdrop.style.inset = "auto";
-    content.innerHTML = highlightHtml(textarea.value, dialogue);
+  const scrolled = () => {
     content.style.transform = `translate(${-textarea.scrollLeft}px, ${-textarea.scrollTop}px)`;
   };
+  const sync = () => {
+    // Every measurement first, then the writes: a read after the new marks are in would make the browser lay out
+    // the whole backdrop again before the next frame (most of a keystroke's cost on long scripts).
+    const cs = getComputedStyle(textarea);
+    const styles = COPIED_STYLES.map((k) => cs[k]);
+    const box = [textarea.offsetLeft, textarea.offsetTop, textarea.offsetWidth, textarea.offsetHeight];
+    const scroll = [textarea.scrollLeft, textarea.scrollTop];
+    COPIED_STYLES.forEach((k, i) => { backdrop.style[k] = styles[i]; });
+    backdrop.style.borderColor = "transparent";
+    backdrop.style.left = box[0] + "px";
+    backdrop.style.top = box[1] + "px";
+    backdrop.style.width = box[2] + "px";
+    backdrop.style.height = box[3] + "px";
+    backdrop.style.inset = "auto";
+    content.innerHTML = highlightHtml(textarea.value, dialogue);
+    content.style.transform = `translate(${-scroll[0]}px, ${-scroll[1]}px)`;
+  };
   textarea.addEventListener("input", sync);
-  textarea.addEventListener("scroll", sync);
+  textarea.addEventListener("scroll", scrolled); // the marks only move with the text
   if (typeof ResizeObserver !== "undefined") new ResizeObserver(sync).observe(textarea);
   textarea.fishs2Highlighter = { sync, backdrop, content };
   sync();
