@@ -360,6 +360,21 @@ def labels_without_a_space(text: str) -> list[tuple[int, str]]:
     return found
 
 
+_LOOSE_SPEAKER_TOKEN = re.compile(r"<\|\s*speaker\s*:\s*(\d+)\s*\|>", re.IGNORECASE)
+
+
+def loose_speaker_tokens(text: str) -> list[tuple[int, str, str]]:
+    """(line, as written, the label meant) of `<|speaker:N|>` labels written with spaces or capitals
+    (`<|speaker: 1|>`, `<|Speaker:0|>`): not labels, so they are spoken as text; a node shows these as a hint."""
+    found = []
+    for lineno, line in enumerate(text.replace("\r\n", "\n").split("\n"), start=1):
+        for m in _LOOSE_SPEAKER_TOKEN.finditer(line):
+            meant = f"<|speaker:{int(m.group(1))}|>"
+            if m.group(0) != meant and not re.fullmatch(_SPEAKER_TOKEN, m.group(0)):
+                found.append((lineno, m.group(0), meant))
+    return found
+
+
 def fold_name(name: str) -> str:
     """What two spellings of one name share: letters and digits, case-folded (`Mr. Brown`, `MR BROWN` and the
     voice library's file-safe `Mr_ Brown` are one name; so are `O'Neil` and `O_Neil`)."""

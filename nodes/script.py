@@ -101,6 +101,8 @@ def assemble_dialogue(script: str, voices: list) -> ScriptData:
     """Parse `script` and map its speakers onto the connected `voices` (None = socket not connected)."""
     hints = [f"line {line}: '{name}:' reads like a speaker label without a space after the colon; write '{name}: …' "
              "to give the line to that speaker" for line, name in fscript.labels_without_a_space(script)]
+    hints += [f"line {line}: {written} is not a speaker label (it is spoken as text); write {meant}"
+              for line, written, meant in fscript.loose_speaker_tokens(script)]
     data = map_voices(fscript.parse_script(script, "script"), voices, input_name="script", source=script,
                       warnings=hints)
     for w in data.warnings:

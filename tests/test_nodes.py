@@ -437,6 +437,9 @@ def test_dialogue_points_out_a_label_without_a_space(N, voice, voice_b):
     warnings = res.ui["fishs2_warnings"]
     assert warnings[0].startswith("line 1: 'Alice:' reads like a speaker label without a space")
     assert warnings[1].startswith("line 2: 'Bob:'") and "voice_2" in warnings[2]
+    res = run(N["FishS2DialogueAssembler"], script="<|speaker:0|>hi <|speaker: 1|>yo", voice_1=voice)
+    assert res.ui["fishs2_warnings"] == ["line 1: <|speaker: 1|> is not a speaker label (it is spoken as text); "
+                                         "write <|speaker:1|>"]
 
 
 def test_fit_audio_keeps_take_lengths_for_pick_take(N):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from fishs2.errors import TextError
 from fishs2.script import (
     labels_without_a_space,
+    loose_speaker_tokens,
     ZWSP,
     Turn,
     assign_slots,
@@ -218,6 +219,12 @@ def test_line_breaks_and_blanks_are_normalised():
 def test_labels_without_a_space_are_pointed_out_and_urls_ratios_times_are_not():
     text = "Alice:hi\nBob: fine\nsee http://x.org\nRatio:2\n10:30 then\nDr. Who:hello"
     assert labels_without_a_space(text) == [(1, "Alice"), (6, "Dr. Who")]
+
+
+def test_speaker_tokens_with_spaces_or_capitals_are_pointed_out():
+    text = "<|speaker: 1|>hi\n<|Speaker:0|>yo <|speaker:2|> ok\n<|speaker:00|>fine"
+    assert loose_speaker_tokens(text) == [(1, "<|speaker: 1|>", "<|speaker:1|>"),
+                                          (2, "<|Speaker:0|>", "<|speaker:0|>")]
 
 
 def test_assign_slots_order_of_appearance():
